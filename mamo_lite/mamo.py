@@ -1,0 +1,213 @@
+"""MAMO: memory-augmented meta-optimisation (Dong et al., KDD 2020, §2.3, Algorithms 1–2).
+
+:class:`MAMOLearner` is a :class:`~mamo_lite.meta.engine.MetaLearner` whose initialisation is
+personalised by three memories (``mamo_lite.memories``), kept as registered buffers so that
+``state_dict``, checkpoints and ``.to(device)`` carry them:
+
+* Eq. 3  ``a_u = softmax(cos(p_u, M_P))``
+* Eq. 4  ``b_u = a_uᵀ M_U``;  Eqs. 9–10  ``θ_u ← φ_u − τ b_u``, ``θ_i ← φ_i``, ``θ_r ← φ_r``
+* Eq. 7  ``M_{u,I} = a_uᵀ M_{U,I}``, the fast weights of Eq. 2, adapted locally with θ (Eq. 11)
+* after the batch: Eq. 5 (``M_P``, rate α), Eq. 6 (``M_U`` with the user's gradient, rate β),
+  Eq. 8 (``M_{U,I}`` with the adapted ``M_{u,I}``, rate γ) — sequential in batch order, under
+  ``torch.no_grad`` on detached values (no autograd history accumulates, unlike the authors' code)
+* Eq. 12 — the engine's meta-gradient on ``φ``; memories are not trained by back-propagation.
+
+At test time (Algorithm 2) memories are read, never written: :func:`mamo_lite.meta.engine.predict`
+is functional. The authors' code writes ``M_P`` for test users; that behaviour is not offered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.func import grad
+
+from mamo_lite.data.tasks import TaskBatch
+from mamo_lite.memories import attention, attentive_write_sequence, personal_bias, read
+from mamo_lite.meta.engine import MetaConfig, MetaLearner, Params
+from mamo_lite.models.recommender import EmbeddingRecommender
+
+
+@dataclass(frozen=True)
+class MAMOConfig:
+    """MAMO's memory hyper-parameters (appendix A.3; ``K = 3`` per Fig. 5a).
+
+    ``use_bias=False`` removes the ``M_U`` personal bias, ``use_preference=False`` replaces
+    ``M_{u,I}`` by an ordinary global layer (the chapter-4 ablations). ``gradient_source`` picks the
+    loss whose gradient Eq. 6 writes: ``"query"`` at the adapted weights (the authors' code) or
+    ``"support"`` (RecBole-MetaRec's port). ``gradient_params="weights"`` stores only weight
+    matrices in ``M_U`` (the authors' code); ``"all"`` adds the biases (the paper: "all the fast
+    gradients with the same shape as the parameters in the user embedding layers").
+    """
+
+    n_memory: int = 3  # K
+    alpha: float = 0.5  # Eq. 5
+    beta: float = 0.05  # Eq. 6
+    gamma: float = 0.1  # Eq. 8
+    tau: float = 0.1  # Eq. 9
+    use_bias: bool = True
+    use_preference: bool = True
+    gradient_source: Literal["query", "support"] = "query"
+    gradient_params: Literal["all", "weights"] = "all"
+    gradient_init_std: float = 0.05  # the authors' N(0, 0.05²) for M_U
+    preference_init: Literal["linear", "normal", "identity"] = "linear"
+
+    def __post_init__(self) -> None:
+        if self.n_memory < 1:
+            raise ValueError(f"MAMOConfig.n_memory (K) must be ≥ 1, got {self.n_memory}")
+        for name in ("alpha", "beta", "gamma"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"MAMOConfig.{name} is a write rate and must lie in [0, 1], got {v}")
+        if self.tau < 0:
+            raise ValueError(f"MAMOConfig.tau must be ≥ 0, got {self.tau}")
+        if self.gradient_source not in ("query", "support"):
+            raise ValueError(f"MAMOConfig.gradient_source must be 'query' or 'support', got {self.gradient_source!r}")
+        if self.gradient_params not in ("all", "weights"):
+            raise ValueError(f"MAMOConfig.gradient_params must be 'all' or 'weights', got {self.gradient_params!r}")
+        if self.preference_init not in ("linear", "normal", "identity"):
+            raise ValueError("MAMOConfig.preference_init must be 'linear', 'normal' or 'identity', "
+                             f"got {self.preference_init!r}")
+
+    @classmethod
+    def for_dataset(cls, dataset: str) -> MAMOConfig:
+        """Appendix A.3 defaults: MovieLens α .5, β .05, γ .1, τ .1; Book-Crossing β .1, τ .15."""
+        if dataset == "book-crossing":
+            return cls(alpha=0.5, beta=0.1, gamma=0.1, tau=0.15)
+        return cls()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MAMOConfig:
+        return cls(**d)
+
+
+def _buffer_name(param: str) -> str:
+    return param.replace(".", "__")
+
+
+class MAMOLearner(MetaLearner):
+    """MAMO as a configuration of the engine plus three memories (registered buffers)."""
+
+    def __init__(self, model: EmbeddingRecommender, config: MetaConfig, mamo: MAMOConfig | None = None) -> None:
+        super().__init__(model, config)
+        self.mamo_config = mc = mamo or MAMOConfig()
+        if "user" not in config.local_groups:
+            raise ValueError("MAMO adapts θ_u locally (Eq. 11): MetaConfig.local_groups must include 'user'")
+        if mc.use_preference and model.preference is None:
+            raise ValueError("MAMO's preference memory needs the recommender's M_{u,I} slot: "
+                             "use RecommenderConfig(preference='paper' or 'code'), or MAMOConfig(use_preference=False)")
+        K = mc.n_memory
+        # M_P: K profile slots of width d_u (Eq. 3, 5)
+        self.register_buffer("profile_memory", torch.randn(K, model.user_dim))
+        # M_U: K slots shaped like θ_u (Eq. 4, 6)
+        self._user_params = [n for n in model.names_in(("user",))
+                             if mc.gradient_params == "all" or n.endswith("weight")]
+        self.gradient_memory = nn.Module()
+        shapes = dict(model.named_parameters())
+        for n in self._user_params:
+            self.gradient_memory.register_buffer(
+                _buffer_name(n), torch.randn(K, *shapes[n].shape) * mc.gradient_init_std)
+        # M_{U,I}: K preference matrices (Eq. 7, 8)
+        if mc.use_preference:
+            w = model.preference.weight
+            self.register_buffer("preference_memory", self._init_preference(K, w))
+        self._local_init = [n for n in self._local if not (mc.use_preference and n == "preference.weight")]
+
+    @staticmethod
+    def _init_preference_slot(w: Tensor, how: str) -> Tensor:
+        if how == "identity":
+            out, inp = w.shape
+            eye = torch.zeros(out, inp)
+            eye[torch.arange(out), torch.arange(out) % inp] = 1.0
+            return eye
+        if how == "normal":  # the authors' randn (≈25× the scale of a default Linear init)
+            return torch.randn_like(w)
+        slot = torch.empty_like(w)
+        nn.init.kaiming_uniform_(slot, a=5**0.5)  # nn.Linear's default init
+        return slot
+
+    def _init_preference(self, K: int, w: Tensor) -> Tensor:
+        return torch.stack([self._init_preference_slot(w.detach(), self.mamo_config.preference_init)
+                            for _ in range(K)])
+
+    # -- which parameters ------------------------------------------------------------------
+    def global_names(self) -> list[str]:
+        """φ: every parameter except the M_{u,I} slot, which the preference memory supplies."""
+        names = super().global_names()
+        if self.mamo_config.use_preference:
+            names = [n for n in names if n != "preference.weight"]
+        return names
+
+    # -- memories ----------------------------------------------------------------------------
+    def gradient_memory_dict(self) -> dict[str, Tensor]:
+        """``M_U`` as ``{parameter name: [K, *shape]}``."""
+        return {n: getattr(self.gradient_memory, _buffer_name(n)) for n in self._user_params}
+
+    def memory_state(self) -> dict[str, Tensor]:
+        state = {"profile": self.profile_memory}
+        state.update({f"gradient:{n}": t for n, t in self.gradient_memory_dict().items()})
+        if self.mamo_config.use_preference:
+            state["preference"] = self.preference_memory
+        return state
+
+    def init_fast(self, params: Params, memories: dict[str, Tensor], task: dict) -> tuple[Params, dict]:
+        """Personalised initialisation, Eqs. 3–4, 7, 9–10."""
+        mc = self.mamo_config
+        p_u = self.model.user_profile_vector(task["user_x"], params)
+        a_u = attention(p_u, memories["profile"])  # Eq. 3
+        fast = {n: params[n] for n in self._local_init}  # θ ← φ  (Eq. 10)
+        if mc.use_bias:
+            b_u = personal_bias(a_u, {n: memories[f"gradient:{n}"] for n in self._user_params})  # Eq. 4
+            for n, b in b_u.items():
+                fast[n] = params[n] - mc.tau * b  # Eq. 9
+        if mc.use_preference:
+            fast["preference.weight"] = read(a_u, memories["preference"])  # Eq. 7
+        return fast, {"attention": a_u, "profile": p_u}
+
+    def user_aux(self, params: Params, fast: Params, context: dict, task: dict) -> dict[str, Tensor]:
+        """What the writes need: ``a_u``, ``p_u``, the adapted ``M_{u,I}``, and ``∇_{θ_u} L``."""
+        mc = self.mamo_config
+        aux = {"attention": context["attention"].detach(), "profile": context["profile"].detach()}
+        if mc.use_preference:
+            aux["preference"] = fast["preference.weight"].detach()
+        if mc.use_bias:
+            fixed = {k: v.detach() for k, v in fast.items()}
+            consts = {k: v.detach() for k, v in params.items()}
+            own = {n: fixed[n] for n in self._user_params}
+            g = grad(lambda f: self.task_loss(consts, {**fixed, **f}, task, mc.gradient_source))(own)
+            aux.update({f"gradient:{n}": v.detach() for n, v in g.items()})
+        return aux
+
+    @torch.no_grad()
+    def write_memories(self, aux: dict[str, Tensor]) -> None:
+        """Eqs. 5, 6, 8 for a batch of users, sequentially in batch order (closed form)."""
+        if not aux:
+            return
+        mc = self.mamo_config
+        a = aux["attention"]
+        self.profile_memory.copy_(attentive_write_sequence(self.profile_memory, a, aux["profile"], mc.alpha))
+        if mc.use_bias:
+            for n, slot in self.gradient_memory_dict().items():
+                slot.copy_(attentive_write_sequence(slot, a, aux[f"gradient:{n}"], mc.beta))
+        if mc.use_preference:
+            self.preference_memory.copy_(
+                attentive_write_sequence(self.preference_memory, a, aux["preference"], mc.gamma))
+
+    # -- inspection (chapters 3–4) -----------------------------------------------------------
+    @torch.no_grad()
+    def attention_of(self, batch: TaskBatch) -> Tensor:
+        """``a_u`` for every user of ``batch`` (``[B, K]``), read-only."""
+        params = {n: p.detach() for n, p in self.params().items()}
+        p_u = self.model.user_profile_vector(batch.user_x.to(self.profile_memory.device), params)
+        return attention(p_u, self.profile_memory)
+
+    @torch.no_grad()
+    def personal_bias_of(self, batch: TaskBatch) -> dict[str, Tensor]:
+        """``b_u`` for every user of ``batch`` (``{param: [B, *shape]}``)."""
+        return personal_bias(self.attention_of(batch), self.gradient_memory_dict())

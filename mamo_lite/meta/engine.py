@@ -1,0 +1,262 @@
+"""One functional adaptation engine for every meta-learner in the book (MAMO §2.3.3–2.3.4).
+
+For a user ``u`` the engine runs Algorithm 1's inner loop on the support set and the query loss:
+
+* personalised initialisation ``θ ← init(φ, memories, p_u)`` (MAML: ``θ ← φ``; MAMO: Eqs. 9–10),
+* ``inner_steps`` local updates ``θ ← θ − ρ ∇_θ L_S(θ)`` (Eq. 11) on the *local* parameter groups,
+* the query loss ``L_Q(θ̂)``, whose gradient w.r.t. the global parameters ``φ`` is the
+  meta-gradient of Eq. 12 (exact second order, or first order with the inner gradients detached).
+
+Everything is written with ``torch.func`` (``functional_call``, ``grad``, ``vmap``): parameters are
+never swapped with ``load_state_dict`` (that cuts the graph: hoyeoplee/MeLU#9). There are two
+paths with identical maths: a plain per-user Python loop (the reference) and ``vmap`` over a
+padded, masked batch of users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from mamo_lite.data.tasks import TaskBatch, tree_index
+from mamo_lite.models.recommender import GROUPS, EmbeddingRecommender, prediction_from_output, rating_loss
+
+Path = Literal["vmap", "loop"]
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    """How a learner adapts locally and updates globally.
+
+    ``local_lr`` is ρ (Eq. 11), ``global_lr`` is λ (Eq. 12). ``reduction`` combines the users of a
+    meta-batch: Eq. 12 writes a sum; MeLU and most MAML code take the mean (then λ does not
+    depend on the batch size). ``local_groups`` names the parameter groups adapted per user
+    (see ``mamo_lite.models.recommender.GROUPS``).
+    """
+
+    local_groups: tuple[str, ...] = GROUPS
+    local_lr: float = 0.01
+    inner_steps: int = 1
+    first_order: bool = True
+    global_optimizer: Literal["sgd", "adam"] = "adam"
+    global_lr: float = 1e-3
+    users_per_batch: int = 32
+    reduction: Literal["mean", "sum"] = "mean"
+
+    def __post_init__(self) -> None:
+        bad = set(self.local_groups) - set(GROUPS)
+        if bad:
+            raise ValueError(f"MetaConfig.local_groups has unknown group(s) {sorted(bad)}; choose from {GROUPS}")
+        if not (self.local_lr >= 0 and self.local_lr == self.local_lr):
+            raise ValueError(f"MetaConfig.local_lr (ρ) must be ≥ 0, got {self.local_lr}")
+        if not (self.global_lr > 0):
+            raise ValueError(f"MetaConfig.global_lr (λ) must be > 0, got {self.global_lr}")
+        if self.inner_steps < 0:
+            raise ValueError(f"MetaConfig.inner_steps must be ≥ 0, got {self.inner_steps}")
+        if self.users_per_batch < 1:
+            raise ValueError(f"MetaConfig.users_per_batch must be ≥ 1, got {self.users_per_batch}")
+        if self.global_optimizer not in ("sgd", "adam"):
+            raise ValueError(f"MetaConfig.global_optimizer must be 'sgd' or 'adam', got {self.global_optimizer!r}")
+        if self.reduction not in ("mean", "sum"):
+            raise ValueError(f"MetaConfig.reduction must be 'mean' or 'sum', got {self.reduction!r}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["local_groups"] = list(self.local_groups)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MetaConfig:
+        d = dict(d)
+        d["local_groups"] = tuple(d["local_groups"])
+        return cls(**d)
+
+
+Params = dict[str, Tensor]
+
+
+class MetaLearner(nn.Module):
+    """A recommender plus the rule that initialises, adapts and meta-updates it.
+
+    Subclasses override :meth:`init_fast` (personalised initialisation), :meth:`memory_state`,
+    :meth:`user_aux` and :meth:`write_memories` (MAMO). The engine functions below only call these
+    hooks, so MAML, MeLU, MetaCS-DNN and MAMO share one inner loop and one meta-gradient.
+    """
+
+    def __init__(self, model: EmbeddingRecommender, config: MetaConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+        self._local = model.names_in(config.local_groups)
+
+    # -- which parameters ------------------------------------------------------------------
+    def local_names(self) -> list[str]:
+        """Parameters that get a per-user fast copy (θ)."""
+        return list(self._local)
+
+    def global_names(self) -> list[str]:
+        """Parameters meta-learned by Eq. 12 (φ)."""
+        return [n for n, _ in self.model.named_parameters()]
+
+    def params(self) -> Params:
+        return {n: p for n, p in self.model.named_parameters()}
+
+    # -- hooks -----------------------------------------------------------------------------
+    def memory_state(self) -> dict[str, Tensor]:
+        """Read-only state the initialisation depends on (MAMO's memories). Empty for MAML."""
+        return {}
+
+    def init_fast(self, params: Params, memories: dict[str, Tensor], task: dict) -> tuple[Params, dict]:
+        """``θ ← φ`` on the local parameters (MAML); returns ``(fast, context)``."""
+        return {n: params[n] for n in self._local}, {}
+
+    def user_aux(self, params: Params, fast: Params, context: dict, task: dict) -> dict[str, Tensor]:
+        """Per-user values a learner needs after adaptation (MAMO: what its memories write)."""
+        return {}
+
+    @torch.no_grad()
+    def write_memories(self, aux: dict[str, Tensor]) -> None:
+        """Update memories from a batch of users' ``aux`` (no-op for MAML)."""
+
+    # -- the recommender, functionally -----------------------------------------------------
+    def output(self, params: Params, fast: Params, user_x: Tensor, item_x: dict) -> Tensor:
+        return functional_call(self.model, {**params, **fast}, (user_x, item_x))
+
+    def task_loss(self, params: Params, fast: Params, task: dict, which: str) -> Tensor:
+        """Masked loss of one user on its ``support`` or ``query`` set."""
+        out = self.output(params, fast, task["user_x"], task[f"{which}_x"])
+        return rating_loss(out, task[f"{which}_y"], task[f"{which}_mask"],
+                           head=self.model.config.head, rating_min=self.model.spec.rating_min)
+
+
+# -- the per-user algorithm ---------------------------------------------------------------------
+
+def adapt(learner: MetaLearner, params: Params, fast: Params, task: dict, *,
+          steps: int | None = None, lr: float | None = None, first_order: bool | None = None) -> Params:
+    """Local update of Eq. 11, ``steps`` times: ``θ ← θ − ρ ∇_θ L_S(θ)``.
+
+    With ``first_order`` the inner gradients are detached, so the meta-gradient ignores the
+    second-order term (FOMAML); otherwise the graph through every step is kept.
+    """
+    cfg = learner.config
+    steps = cfg.inner_steps if steps is None else steps
+    lr = cfg.local_lr if lr is None else lr
+    first_order = cfg.first_order if first_order is None else first_order
+    for _ in range(steps):
+        g = grad(lambda f: learner.task_loss(params, f, task, "support"))(fast)
+        if first_order:
+            g = {k: v.detach() for k, v in g.items()}
+        fast = {k: fast[k] - lr * g[k] for k in fast}
+    return fast
+
+
+def user_query_loss(learner: MetaLearner, params: Params, memories: dict, task: dict,
+                    with_aux: bool = False) -> tuple[Tensor, dict]:
+    """Algorithm 1 for one user: personalised init, local updates, query loss (+ aux)."""
+    fast, context = learner.init_fast(params, memories, task)
+    fast = adapt(learner, params, fast, task)
+    loss = learner.task_loss(params, fast, task, "query")
+    aux = learner.user_aux(params, fast, context, task) if with_aux else {}
+    return loss, aux
+
+
+def user_predictions(learner: MetaLearner, params: Params, memories: dict, task: dict,
+                     steps: int | None = None) -> Tensor:
+    """Algorithm 2 for one user: personalised init, local updates, query predictions."""
+    fast, _ = learner.init_fast(params, memories, task)
+    fast = adapt(learner, params, fast, task, steps=steps, first_order=True)
+    out = learner.output(params, fast, task["user_x"], task["query_x"])
+    return prediction_from_output(out, head=learner.model.config.head, rating_min=learner.model.spec.rating_min)
+
+
+def _stack(trees: list[dict]) -> dict:
+    if not trees or not trees[0]:
+        return {}
+    return {k: torch.stack([t[k] for t in trees]) for k in trees[0]}
+
+
+def map_users(fn: Callable, batch_inputs: dict, path: Path, n_users: int):
+    """Apply a per-user function over a batch: ``vmap`` or a Python loop (identical results)."""
+    if path == "vmap":
+        return vmap(fn)(batch_inputs)
+    if path != "loop":
+        raise ValueError(f"path must be 'vmap' or 'loop', got {path!r}")
+    outs = [fn(tree_index(batch_inputs, i)) for i in range(n_users)]
+    if isinstance(outs[0], tuple):
+        return tuple(
+            torch.stack([o[j] for o in outs]) if isinstance(outs[0][j], Tensor) else _stack([o[j] for o in outs])
+            for j in range(len(outs[0])))
+    return torch.stack(outs)
+
+
+def meta_gradient(learner: MetaLearner, batch: TaskBatch, *, path: Path = "vmap",
+                  with_aux: bool = False) -> tuple[Params, Tensor, dict]:
+    """Meta-gradient of Eq. 12 over a batch of users.
+
+    Returns ``(grads, per_user_query_losses, aux)``; ``grads`` are w.r.t. ``learner.global_names()``
+    of the reduced (mean or sum) query loss. Nothing is modified.
+    """
+    all_params = {n: p.detach() for n, p in learner.params().items()}
+    names = learner.global_names()
+    fixed = {n: v for n, v in all_params.items() if n not in names}
+    memories = {k: v.detach() for k, v in learner.memory_state().items()}
+    inputs = batch.inputs()
+
+    def total(phi: Params):
+        params = {**fixed, **phi}
+        losses, aux = map_users(lambda task: user_query_loss(learner, params, memories, task, with_aux),
+                                inputs, path, len(batch))
+        red = losses.sum() if learner.config.reduction == "sum" else losses.mean()
+        return red, (losses, aux)
+
+    grads, (losses, aux) = grad(total, has_aux=True)({n: all_params[n] for n in names})
+    return grads, losses.detach(), {k: v.detach() for k, v in aux.items()}
+
+
+def predict(learner: MetaLearner, batch: TaskBatch, *, path: Path = "vmap", chunk: int = 256,
+            steps: int | None = None) -> Tensor:
+    """Query predictions ``[B, Q]`` after per-user adaptation (Algorithm 2; memories only read).
+
+    Functional: the learner's parameters and memories are never modified, so test users cannot
+    leak into the global parameters. ``steps`` overrides the number of local updates (0: no
+    adaptation).
+    """
+    params = {n: p.detach() for n, p in learner.params().items()}
+    memories = {k: v.detach() for k, v in learner.memory_state().items()}
+    outs = []
+    with torch.enable_grad():
+        for sub in batch.batches(chunk):
+            outs.append(map_users(lambda task: user_predictions(learner, params, memories, task, steps),
+                                  sub.inputs(), path, len(sub)).detach())
+    return torch.cat(outs) if outs else batch.query_y.new_zeros(batch.query_y.shape)
+
+
+def make_optimizer(learner: MetaLearner) -> torch.optim.Optimizer:
+    """The global optimiser of Eq. 12 (SGD as in the paper, or Adam as MeLU)."""
+    params = [p for n, p in learner.model.named_parameters() if n in set(learner.global_names())]
+    cfg = learner.config
+    if cfg.global_optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.global_lr)
+    return torch.optim.Adam(params, lr=cfg.global_lr)
+
+
+def meta_step(learner: MetaLearner, batch: TaskBatch, optimizer: torch.optim.Optimizer, *,
+              path: Path = "vmap") -> Tensor:
+    """One meta-update (Algorithm 1 lines 4–17 for a batch of users); returns per-user query losses.
+
+    Memories are read with their pre-batch values by every user of the batch, then written
+    (``write_memories``), then ``φ`` takes the optimiser step.
+    """
+    grads, losses, aux = meta_gradient(learner, batch, path=path, with_aux=True)
+    params = dict(learner.model.named_parameters())
+    for n, g in grads.items():
+        params[n].grad = g
+    learner.write_memories(aux)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return losses

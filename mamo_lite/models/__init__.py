@@ -1,0 +1,11 @@
+"""The embedding recommender (MAMO Eqs. 1–2) and the non-meta baselines."""
+
+from mamo_lite.models.recommender import (
+    GROUPS,
+    EmbeddingRecommender,
+    RecommenderConfig,
+    prediction_from_output,
+    rating_loss,
+)
+
+__all__ = ["GROUPS", "EmbeddingRecommender", "RecommenderConfig", "prediction_from_output", "rating_loss"]
