@@ -30,6 +30,8 @@ from torch import Tensor, nn
 from mamo_lite.data.tasks import FeatureSpec
 
 GROUPS: tuple[str, ...] = ("profile", "user", "item", "preference", "decision")
+_GROUP_OF = {"user_profile": "profile", "item_profile": "profile", "user_tower": "user", "item_tower": "item",
+             "preference": "preference", "decision": "decision", "out": "decision"}
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,14 @@ class RecommenderConfig:
     head: Literal["regression", "classification"] = "regression"
 
     def __post_init__(self) -> None:
-        for name in ("embed_dim", "tower_layers"):
-            if getattr(self, name) < (1 if name == "embed_dim" else 0):
-                raise ValueError(f"RecommenderConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.embed_dim < 1:
+            raise ValueError(f"RecommenderConfig.embed_dim must be ≥ 1, got {self.embed_dim}")
+        if self.tower_layers < 0:
+            raise ValueError(f"RecommenderConfig.tower_layers must be ≥ 0, got {self.tower_layers}")
+        if self.activation not in ("leaky_relu", "relu"):
+            raise ValueError(f"RecommenderConfig.activation must be 'leaky_relu' or 'relu', got {self.activation!r}")
+        if self.multi_pooling not in ("mean", "sum"):
+            raise ValueError(f"RecommenderConfig.multi_pooling must be 'mean' or 'sum', got {self.multi_pooling!r}")
         if self.field_dim is not None and self.field_dim < 1:
             raise ValueError(f"RecommenderConfig.field_dim must be positive, got {self.field_dim}")
         if self.preference not in ("paper", "code", "none"):
@@ -140,10 +147,9 @@ class EmbeddingRecommender(nn.Module):
     def group_of(name: str) -> str:
         """The paper's parameter group (``GROUPS``) of a parameter name."""
         head = name.split(".", 1)[0]
-        return {
-            "user_profile": "profile", "item_profile": "profile", "user_tower": "user",
-            "item_tower": "item", "preference": "preference", "decision": "decision", "out": "decision",
-        }[head]
+        if head not in _GROUP_OF:
+            raise ValueError(f"parameter {name!r} belongs to no group; known prefixes: {sorted(_GROUP_OF)}")
+        return _GROUP_OF[head]
 
     def names_in(self, groups: tuple[str, ...] | list[str] | set[str]) -> list[str]:
         unknown = set(groups) - set(GROUPS)
@@ -202,7 +208,7 @@ class EmbeddingRecommender(nn.Module):
         out = self(user_x, item_x)
         if self.config.head == "regression":
             return out
-        return out.argmax(-1).to(torch.get_default_dtype()) + self.spec.rating_min
+        return prediction_from_output(out, head="classification", rating_min=self.spec.rating_min)
 
 
 def rating_loss(out: Tensor, y: Tensor, mask: Tensor, *, head: str, rating_min: float) -> Tensor:

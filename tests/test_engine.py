@@ -1,0 +1,352 @@
+"""The functional adaptation engine (MAMO §2.3.3–2.3.4, Eqs. 11–12) and the MAML, MeLU and
+MetaCS-DNN configurations of it (notes/baselines.md §0, §2, §3).
+
+References used below are independent of the engine: a deep copy of the model adapted in place
+with ``torch.autograd`` on the *real* (unmasked) ratings only, plain MSE, no ``torch.func``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import tiny_batch, tiny_learner, tiny_spec
+
+from mamo_lite.meta import (
+    METHODS,
+    MetaConfig,
+    adapt,
+    build_learner,
+    make_optimizer,
+    map_users,
+    meta_gradient,
+    meta_step,
+    method_configs,
+    predict,
+)
+from mamo_lite.models.recommender import GROUPS
+
+SPEC = tiny_spec()
+LOCAL_GROUPS = {"maml": set(GROUPS), "melu": {"decision"}, "metacs-dnn": set(GROUPS)}
+
+
+@pytest.fixture
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+# -- independent references -----------------------------------------------------------------------
+
+def real_mse(model, task: dict, which: str):
+    """Mean squared error over the real (unmasked) ratings of one user's support or query set."""
+    mask = task[f"{which}_mask"]
+    items = {k: v[mask] for k, v in task[f"{which}_x"].items()}
+    return F.mse_loss(model(task["user_x"], items), task[f"{which}_y"][mask])
+
+
+def adapted_copy(model, task: dict, local: list[str], lr: float, steps: int):
+    """θ' = θ − ρ ∇L_S(θ), ``steps`` times, on a deep copy (autograd, in-place updates)."""
+    m = copy.deepcopy(model)
+    params = dict(m.named_parameters())
+    for _ in range(steps):
+        grads = torch.autograd.grad(real_mse(m, task, "support"), [params[n] for n in local])
+        with torch.no_grad():
+            for n, g in zip(local, grads):
+                params[n].sub_(lr * g)
+    return m
+
+
+def reference_first_order(learner, batch, local: list[str]):
+    """Mean over users of ∇ L_Q at (φ_nonlocal, θ'_local), and the per-user query losses."""
+    cfg = learner.config
+    totals, losses = None, []
+    for i in range(len(batch)):
+        task = batch.task(i)
+        m = adapted_copy(learner.model, task, local, cfg.local_lr, cfg.inner_steps)
+        loss = real_mse(m, task, "query")
+        names = [n for n, _ in m.named_parameters()]
+        grads = dict(zip(names, torch.autograd.grad(loss, list(m.parameters()))))
+        totals = grads if totals is None else {n: totals[n] + grads[n] for n in names}
+        losses.append(loss.detach())
+    return {n: g / len(batch) for n, g in totals.items()}, torch.stack(losses)
+
+
+def rel_err(a: dict, b: dict) -> float:
+    num = sum(((a[n] - b[n]) ** 2).sum() for n in a) ** 0.5
+    den = sum((b[n] ** 2).sum() for n in b) ** 0.5
+    return float(num / den)
+
+
+# -- vmap == loop ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("first_order", [True, False], ids=["first", "second"])
+@pytest.mark.parametrize("method, extra", [
+    ("maml", {}), ("maml", {"head": "classification"}), ("melu", {}), ("metacs-dnn", {}),
+], ids=["maml", "maml-classification", "melu", "metacs-dnn"])
+def test_vmap_equals_loop(method, extra, first_order):
+    learner = tiny_learner(method, inner_steps=3, local_lr=0.05, first_order=first_order, **extra)
+    batch = tiny_batch(SPEC, n_users=4, masks="ragged", seed=1)
+    assert not batch.support_mask.all() and not batch.query_mask.all()  # really ragged
+    g_vmap, l_vmap, _ = meta_gradient(learner, batch, path="vmap")
+    g_loop, l_loop, _ = meta_gradient(learner, batch, path="loop")
+    assert set(g_vmap) == set(learner.global_names()) == {n for n, _ in learner.model.named_parameters()}
+    assert l_vmap.shape == (4,)
+    torch.testing.assert_close(l_vmap, l_loop, rtol=0, atol=1e-5)
+    torch.testing.assert_close(g_vmap, g_loop, rtol=0, atol=1e-5)
+    assert all(g.abs().max() > 0 for g in g_loop.values())  # no dead tensor: not a comparison of zeros
+
+
+# -- meta-gradients against autograd and finite differences ---------------------------------------
+
+@pytest.mark.parametrize("method", ["maml", "melu", "metacs-dnn"])
+def test_first_order_is_query_gradient_at_adapted_weights(float64, method):
+    """FOMAML: ∇_φ L_Q evaluated at (φ_nonlocal, θ'_local), θ' from Eq. 11 with autograd on a copy."""
+    learner = tiny_learner(method, inner_steps=2, local_lr=0.1, first_order=True)
+    batch = tiny_batch(SPEC, n_users=3, masks="ragged", seed=2)
+    grads, losses, _ = meta_gradient(learner, batch)
+    ref, ref_losses = reference_first_order(learner, batch, learner.model.names_in(LOCAL_GROUPS[method]))
+    torch.testing.assert_close(losses, ref_losses, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grads, ref, rtol=1e-9, atol=1e-12)
+    if method == "melu":  # the embeddings are meta-learned, not adapted: their gradient is direct only
+        assert sum(grads[n].abs().sum() for n in learner.model.names_in(("profile",))) > 0
+
+
+@pytest.mark.parametrize("method", ["maml", "melu"])
+def test_second_order_matches_finite_differences(float64, method):
+    """Exact meta-gradient (Eq. 12 through Eq. 11): central differences along a random direction."""
+    learner = tiny_learner(method, inner_steps=2, local_lr=0.1, first_order=False)
+    batch = tiny_batch(SPEC, n_users=3, masks="ragged", seed=4)
+    g2, _, _ = meta_gradient(learner, batch)
+    g1, _, _ = meta_gradient(tiny_learner(method, inner_steps=2, local_lr=0.1, first_order=True), batch)
+
+    gen = torch.Generator().manual_seed(0)
+    direction = {n: torch.randn(p.shape, generator=gen) for n, p in learner.model.named_parameters()}
+
+    def objective(sign: float, eps: float = 1e-6) -> float:
+        model = copy.deepcopy(learner.model)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.add_(sign * eps * direction[n])
+        local = model.names_in(LOCAL_GROUPS[method])
+        return sum(float(real_mse(adapted_copy(model, batch.task(i), local, 0.1, 2),
+                                  batch.task(i), "query").detach()) for i in range(len(batch))) / len(batch)
+
+    fd = (objective(1.0) - objective(-1.0)) / 2e-6
+    analytic = float(sum((g2[n] * direction[n]).sum() for n in g2))
+    first = float(sum((g1[n] * direction[n]).sum() for n in g1))
+    assert abs(analytic - fd) < 1e-6 * abs(fd)
+    # the second-order term matters here: first order is off by far more than the tolerance
+    assert abs(first - fd) > 1e-3 * abs(fd)
+    assert rel_err(g1, g2) > 1e-3
+
+
+def test_second_order_is_first_order_minus_hessian_term(float64):
+    """One step, everything local: ∇_φ L_Q(θ') = (I − ρ H_S(φ)) ∇L_Q(θ'), averaged over users."""
+    rho = 0.2
+    learner = tiny_learner("maml", inner_steps=1, local_lr=rho, first_order=False)
+    batch = tiny_batch(SPEC, n_users=2, masks="ragged", seed=5)
+    g2, _, _ = meta_gradient(learner, batch)
+    model = learner.model
+    names = [n for n, _ in model.named_parameters()]
+    expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for i in range(len(batch)):
+        task = batch.task(i)
+        adapted = adapted_copy(model, task, names, rho, 1)
+        g1 = torch.autograd.grad(real_mse(adapted, task, "query"), list(adapted.parameters()))
+        g_s = torch.autograd.grad(real_mse(model, task, "support"), list(model.parameters()), create_graph=True)
+        hvp = torch.autograd.grad(sum((a * b).sum() for a, b in zip(g_s, g1)), list(model.parameters()))
+        for n, a, h in zip(names, g1, hvp):
+            expected[n] += (a - rho * h) / len(batch)
+    torch.testing.assert_close(g2, expected, rtol=1e-9, atol=1e-12)
+
+
+# -- local update (Eq. 11) ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["maml", "melu", "metacs-dnn"])
+def test_one_local_step_lowers_support_loss_for_every_user(method):
+    learner = tiny_learner(method)
+    batch = tiny_batch(SPEC, n_users=5, masks="ragged", seed=6)
+    params = {n: p.detach() for n, p in learner.params().items()}
+    for i in range(len(batch)):
+        task = batch.task(i)
+        fast, _ = learner.init_fast(params, {}, task)
+        before = learner.task_loss(params, fast, task, "support")
+        after = learner.task_loss(params, adapt(learner, params, fast, task, steps=1, lr=1e-3), task, "support")
+        assert after < before, f"user {i}: {float(before)} -> {float(after)}"
+
+
+@pytest.mark.parametrize("how", ["inner_steps=0", "local_lr=0", "predict(steps=0)"])
+def test_no_adaptation_equals_plain_forward(how):
+    overrides = {"inner_steps=0": {"inner_steps": 0}, "local_lr=0": {"local_lr": 0.0, "inner_steps": 2},
+                 "predict(steps=0)": {"local_lr": 0.5}}[how]
+    learner = tiny_learner("maml", **overrides)
+    batch = tiny_batch(SPEC, n_users=3, masks="ragged", seed=7)
+    steps = 0 if how == "predict(steps=0)" else None
+    plain = learner.model.predict(batch.user_x, batch.query_x).detach()
+    torch.testing.assert_close(predict(learner, batch, steps=steps), plain, rtol=0, atol=1e-6)
+    torch.testing.assert_close(predict(learner, batch, steps=steps, path="loop"), plain, rtol=0, atol=1e-6)
+    if how == "predict(steps=0)":  # the default does adapt, so the comparison above is not vacuous
+        assert not torch.allclose(predict(learner, batch), plain, atol=1e-3)
+    else:
+        _, losses, _ = meta_gradient(learner, batch)
+        out = learner.model(batch.user_x, batch.query_x)
+        m = batch.query_mask.to(out.dtype)
+        torch.testing.assert_close(losses, (((out - batch.query_y) ** 2) * m).sum(1) / m.sum(1))
+
+
+@pytest.mark.parametrize("path", ["vmap", "loop"])
+def test_users_without_real_ratings(path):
+    """No real support rating: no adaptation (query loss of φ). No real query rating: zero loss, no NaN."""
+    learner = tiny_learner("maml", local_lr=0.5)
+    batch = tiny_batch(SPEC, n_users=3, masks=([4, 0, 2], [3, 2, 0]), seed=14)
+    grads, losses, _ = meta_gradient(learner, batch, path=path)
+    out = learner.model(batch.user_x[1], batch.task(1)["query_x"]).detach()
+    torch.testing.assert_close(losses[1], F.mse_loss(out[:2], batch.query_y[1, :2]))
+    torch.testing.assert_close(predict(learner, batch, path=path)[1], out)
+    assert losses[2] == 0 and losses[0] > 0
+    assert all(torch.isfinite(g).all() for g in grads.values())
+
+
+# -- which parameters adapt -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["maml", "melu", "metacs-dnn"])
+def test_fast_weights_are_exactly_the_local_groups(method):
+    learner = tiny_learner(method, local_lr=0.1)
+    model = learner.model
+    expected = {n for n, _ in model.named_parameters() if model.group_of(n) in LOCAL_GROUPS[method]}
+    batch = tiny_batch(SPEC, seed=8)
+    task = batch.task(0)
+    params = {n: p.detach() for n, p in learner.params().items()}
+    fast, _ = learner.init_fast(params, {}, task)
+    fast = adapt(learner, params, fast, task)
+    assert set(fast) == set(learner.local_names()) == expected
+    assert any(not torch.equal(fast[n], params[n]) for n in fast)  # the step moved them
+    # every parameter is meta-learned (gets a meta-gradient), adapted or not
+    grads, _, _ = meta_gradient(learner, batch)
+    assert set(grads) == {n for n, _ in model.named_parameters()}
+    if method == "melu":
+        assert expected == {"decision.0.weight", "decision.0.bias", "decision.2.weight", "decision.2.bias",
+                            "out.weight", "out.bias"}
+        embeddings = model.names_in(("profile",))
+        assert embeddings and not set(embeddings) & set(fast)
+        assert sum(grads[n].abs().sum() for n in embeddings) > 0
+
+
+# -- predict / meta_step --------------------------------------------------------------------------
+
+def test_predict_is_functional_and_works_under_no_grad():
+    learner = tiny_learner("maml", local_lr=0.3, inner_steps=2)
+    batch = tiny_batch(SPEC, n_users=5, masks="ragged", seed=9)
+    before = {k: v.clone() for k, v in learner.state_dict().items()}
+    pred = predict(learner, batch)
+    with torch.no_grad():
+        pred_ng = predict(learner, batch, chunk=2)
+    after = learner.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in learner.parameters())
+    assert pred.shape == (5, 3) and not pred.requires_grad
+    torch.testing.assert_close(pred_ng, pred, rtol=0, atol=1e-6)
+    torch.testing.assert_close(predict(learner, batch, path="loop"), pred, rtol=0, atol=1e-5)
+
+
+def test_meta_gradient_modifies_nothing():
+    learner = tiny_learner("melu", local_lr=0.1)
+    before = {k: v.clone() for k, v in learner.state_dict().items()}
+    meta_gradient(learner, tiny_batch(SPEC, seed=10))
+    assert all(torch.equal(before[k], v) for k, v in learner.state_dict().items())
+    assert all(p.grad is None for p in learner.parameters())
+
+
+@pytest.mark.parametrize("path", ["vmap", "loop"])
+def test_meta_step_sgd_is_phi_minus_lambda_grad(float64, path):
+    lam = 0.1
+    learner = tiny_learner("maml", global_optimizer="sgd", global_lr=lam, local_lr=0.05)
+    batch = tiny_batch(SPEC, n_users=3, masks="ragged", seed=11)
+    grads, losses, _ = meta_gradient(learner, batch, path=path)
+    phi = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
+    opt = make_optimizer(learner)
+    assert isinstance(opt, torch.optim.SGD)
+    step_losses = meta_step(learner, batch, opt, path=path)
+    torch.testing.assert_close(step_losses, losses)
+    now = {n: p.detach() for n, p in learner.model.named_parameters()}
+    torch.testing.assert_close(now, {n: phi[n] - lam * grads[n] for n in phi}, rtol=0, atol=1e-14)
+    assert all(p.grad is None for p in learner.parameters())
+
+
+def test_sum_reduction_is_batch_size_times_mean():
+    batch = tiny_batch(SPEC, n_users=4, masks="ragged", seed=12)
+    g_mean, l_mean, _ = meta_gradient(tiny_learner("maml", reduction="mean"), batch)
+    g_sum, l_sum, _ = meta_gradient(tiny_learner("maml", reduction="sum"), batch)
+    torch.testing.assert_close(l_sum, l_mean)
+    torch.testing.assert_close(g_sum, {n: 4 * g for n, g in g_mean.items()})
+
+
+@pytest.mark.parametrize("method", ["maml", "metacs-dnn"])
+def test_cpu_reruns_are_bit_identical(method):
+    def run():
+        learner = tiny_learner(method, seed=3, local_lr=0.05, global_lr=0.01)
+        opt = make_optimizer(learner)
+        gen = torch.Generator().manual_seed(0)
+        data = tiny_batch(SPEC, n_users=6, masks="ragged", seed=13)
+        for _ in range(3):
+            for batch in data.batches(3, shuffle=True, generator=gen):
+                meta_step(learner, batch, opt)
+        return learner
+
+    a, b = run(), run()
+    init = tiny_learner(method, seed=3)
+    for (n, p), q, p0 in zip(a.model.named_parameters(), b.model.parameters(), init.model.parameters()):
+        assert torch.equal(p, q), n
+    assert any(not torch.equal(p, p0) for p, p0 in zip(a.model.parameters(), init.model.parameters()))
+
+
+# -- configurations and their errors --------------------------------------------------------------
+
+def test_method_presets_match_the_baselines_spec():
+    melu, metacs = method_configs("melu"), method_configs("metacs-dnn")
+    assert melu["model"] == metacs["model"]  # MetaCS-DNN is MeLU's network (baselines §3)
+    assert (melu["model"].embed_dim, melu["model"].tower_layers, melu["model"].preference,
+            melu["model"].decision_hidden, melu["model"].activation) == (32, 0, "none", (64, 64), "relu")
+    m = melu["meta"]
+    assert (m.local_groups, m.local_lr, m.inner_steps, m.first_order, m.global_optimizer, m.global_lr,
+            m.users_per_batch) == (("decision",), 5e-6, 1, True, "adam", 5e-5, 32)
+    c = metacs["meta"]
+    assert (set(c.local_groups), c.local_lr, c.inner_steps, c.first_order, c.global_optimizer, c.global_lr,
+            c.users_per_batch) == (set(GROUPS), 5e-6, 1, True, "sgd", 0.4, 32)
+    # MetaCS-DNN restricted to the MLP with MeLU's outer optimiser is MeLU (baselines §3, checks)
+    as_melu = build_learner("metacs-dnn", SPEC, overrides={"local_groups": ("decision",),
+                                                           "global_optimizer": "adam", "global_lr": 5e-5})
+    assert as_melu.config == m and as_melu.model.config == melu["model"]
+
+
+@pytest.mark.parametrize("field, value", [
+    ("local_lr", -0.1), ("local_lr", float("nan")), ("global_lr", -1e-3), ("global_lr", 0.0),
+    ("inner_steps", -1), ("users_per_batch", 0), ("global_optimizer", "rmsprop"), ("reduction", "median"),
+    ("local_groups", ("decision", "bogus")),
+])
+def test_meta_config_errors_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        MetaConfig(**{field: value})
+    with pytest.raises(ValueError, match=field):
+        build_learner("maml", SPEC, overrides={field: value})
+
+
+def test_build_learner_errors():
+    with pytest.raises(ValueError, match="unknown method 'bogus'"):
+        build_learner("bogus", SPEC)
+    with pytest.raises(ValueError, match="local_rate"):
+        build_learner("melu", SPEC, overrides={"local_rate": 0.1})
+    with pytest.raises(ValueError, match="bogus"):
+        build_learner("melu", SPEC, overrides={"local_groups": ("bogus",)})
+    with pytest.raises(ValueError, match="embed_dim"):
+        build_learner("melu", SPEC, overrides={"embed_dim": 0})
+    with pytest.raises(ValueError, match="path"):
+        map_users(lambda t: t, {}, "scan", 0)
+    assert "maml" in METHODS and "melu" in METHODS and "metacs-dnn" in METHODS
