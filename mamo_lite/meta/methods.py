@@ -27,7 +27,8 @@ from mamo_lite.models.recommender import EmbeddingRecommender, RecommenderConfig
 
 METHODS: tuple[str, ...] = ("maml", "melu", "metacs-dnn", "mamo")
 
-_MELU_NET = dict(embed_dim=32, tower_layers=0, preference="none", decision_hidden=(64, 64), activation="relu")
+_MELU_NET = dict(embed_dim=32, tower_layers=0, preference="none", decision_hidden=(64, 64), activation="relu",
+                 output_bias_init="zero")
 
 
 def _paper_net(dataset: str) -> dict:

@@ -41,6 +41,8 @@ class RecommenderConfig:
     Defaults are the paper's MovieLens setting (appendix A.3: ``d_e = 100``, 2 layers, LeakyReLU).
     ``preference="paper"`` gives ``M_{u,I} ∈ R^{d_e×2d_e}``; ``"code"`` the authors' ``2d_e×2d_e``;
     ``"none"`` drops the slot (the plain DNN of §3.4.2, and MeLU's network).
+    ``output_bias_init="midpoint"`` starts the regression output at the middle of the rating scale;
+    ``"zero"`` is PyTorch's default (MeLU's code), which spends its first epochs learning the offset.
     """
 
     embed_dim: int = 100  # d_e
@@ -52,6 +54,7 @@ class RecommenderConfig:
     negative_slope: float = 0.1  # the authors' slope; the paper only says "LeakyReLU"
     multi_pooling: Literal["mean", "sum"] = "mean"
     head: Literal["regression", "classification"] = "regression"
+    output_bias_init: Literal["midpoint", "zero"] = "midpoint"
 
     def __post_init__(self) -> None:
         if self.embed_dim < 1:
@@ -66,6 +69,9 @@ class RecommenderConfig:
             raise ValueError(f"RecommenderConfig.field_dim must be positive, got {self.field_dim}")
         if self.preference not in ("paper", "code", "none"):
             raise ValueError(f"RecommenderConfig.preference must be 'paper', 'code' or 'none', got {self.preference!r}")
+        if self.output_bias_init not in ("midpoint", "zero"):
+            raise ValueError("RecommenderConfig.output_bias_init must be 'midpoint' or 'zero', "
+                             f"got {self.output_bias_init!r}")
         if self.head not in ("regression", "classification"):
             raise ValueError(f"RecommenderConfig.head must be 'regression' or 'classification', got {self.head!r}")
 
@@ -141,6 +147,10 @@ class EmbeddingRecommender(nn.Module):
         self.decision = nn.Sequential(*layers)
         self.n_classes = int(round(spec.rating_max - spec.rating_min)) + 1
         self.out = nn.Linear(x_dim, 1 if cfg.head == "regression" else self.n_classes)
+        if cfg.head == "regression" and cfg.output_bias_init == "midpoint":
+            # Start predictions at the middle of the rating scale (3 on 1-5) instead of ≈ 0: uses only
+            # the scale, no training data, and keeps plain-SGD meta-training (λ = 0.05) from diverging.
+            nn.init.constant_(self.out.bias, (spec.rating_min + spec.rating_max) / 2)
 
     # -- parameter groups -------------------------------------------------------------------
     @staticmethod

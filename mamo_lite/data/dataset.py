@@ -1,0 +1,334 @@
+"""Load a dataset under MAMO's protocol: raw files → :class:`ColdStartData`, cached on disk.
+
+``load("movielens-1m")`` verifies (and where allowed downloads) the raw files through the registry,
+parses them (:mod:`~mamo_lite.data.parsers`), applies the cold-start protocol
+(:mod:`~mamo_lite.data.protocol`) and returns a :class:`ColdStartData`, whose
+:meth:`~ColdStartData.tasks` gives the padded :class:`~mamo_lite.data.tasks.TaskBatch` of a split.
+
+The processed result is cached under ``registry.cache_dir()/processed/``, keyed by the raw files'
+sha256, the resolved protocol, the seed, the parser options and :data:`FORMAT_VERSION`. Cache files
+are written atomically (temporary file + rename), so a failed or interrupted load leaves nothing
+half-written; an unreadable or mismatching cache file is rebuilt with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .protocol import Protocol, apply_protocol
+from .raw import RawTables
+from .tasks import SCENARIOS, FeatureSpec, TaskBatch
+
+__all__ = ["DATASETS", "FORMAT_VERSION", "ColdStartData", "load"]
+
+FORMAT_VERSION = 1
+"""Bump when the processed format or any protocol/parser behaviour changes: old caches are ignored."""
+
+DATASETS: tuple[str, ...] = ("movielens-1m", "movielens-100k", "book-crossing", "synthetic")
+_ALIASES = {"ml-1m": "movielens-1m", "ml1m": "movielens-1m", "ml-100k": "movielens-100k",
+            "ml100k": "movielens-100k", "bx": "book-crossing", "bookcrossing": "book-crossing"}
+# logical files whose record counts are the "in files" users / items / ratings of the summary
+_FILE_ROLES = {"movielens-1m": ("users", "movies", "ratings"), "movielens-100k": ("user", "item", "data"),
+               "book-crossing": ("users", "books", "ratings")}
+_SPLITS = ("train", "val", "test", "all")
+
+
+def _module(name: str):
+    """``mamo_lite.data.<name>``, imported on first use (keeps ``import mamo_lite.data`` light)."""
+    return importlib.import_module(f"{__package__}.{name}")
+
+
+@dataclass(eq=False)
+class ColdStartData:
+    """A dataset after MAMO's cold-start protocol.
+
+    * ``ratings``: the task table, one row per support/query rating of every kept user, sorted by
+      user and ``position`` (0 … n_keep-1 in ``order``): ``user, item, rating, order, position,
+      set`` (``support``/``query``), ``user_cold, item_cold, scenario`` (index into ``SCENARIOS``)
+      and ``split`` (``train``/``val``/``test``);
+    * ``users`` / ``items``: profiles of the kept users / items, raw columns plus ``<field>_idx``
+      (encoded; 0 = unknown; multi fields as padded tuples), ``n_ratings`` (users: all parsed
+      ratings; items: ratings in the trimmed table), ``cold`` and, for users, ``first_order`` and
+      ``split``;
+    * ``splits``: sorted user ids per split; ``vocabs``: field → values (value ``v`` has index
+      ``vocabs[f].index(v) + 1``);
+    * ``provenance``: files (sha256, bytes, records), release, protocol, seed, counts, notes.
+    """
+
+    name: str
+    spec: FeatureSpec
+    protocol: Protocol
+    seed: int
+    release: str
+    provenance: dict
+    ratings: pd.DataFrame
+    users: pd.DataFrame
+    items: pd.DataFrame
+    splits: dict[str, np.ndarray]
+    vocabs: dict[str, tuple]
+    _task_cache: dict[str, TaskBatch] = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------------------- building
+    @classmethod
+    def from_raw(cls, raw: RawTables, protocol: Protocol | None = None, seed: int = 0, *,
+                 options: dict | None = None) -> ColdStartData:
+        """Apply ``protocol`` (dataset defaults filled in) to parsed tables; nothing is cached."""
+        protocol = (protocol or Protocol()).resolved(raw.name, time_based=raw.time_based)
+        out = apply_protocol(raw, protocol, seed)
+        parsed = (len(raw.users), len(raw.items), len(raw.ratings))
+        roles = _FILE_ROLES.get(raw.name, ())
+        in_files = (tuple(raw.files[r]["records"] for r in roles)
+                    if roles and all("records" in raw.files.get(r, {}) for r in roles) else parsed)
+        kinds = ("users", "items", "ratings")
+        split_iso = (None if out.split_time is None else
+                     pd.Timestamp(out.split_time, unit="s", tz="UTC").isoformat())
+        provenance = {
+            "dataset": raw.name,
+            "release": raw.release,
+            "files": raw.files,
+            "options": dict(options or {}),
+            "protocol": protocol.to_dict(),
+            "seed": seed,
+            "split_time_utc": split_iso,
+            "split_time_unix": out.split_time,
+            "counts": {**{f"{k}_in_files": n for k, n in zip(kinds, in_files, strict=True)},
+                       **{f"{k}_parsed": n for k, n in zip(kinds, parsed, strict=True)}, **out.counts},
+            "notes": list(raw.notes),
+            "format_version": FORMAT_VERSION,
+        }
+        return cls(name=raw.name, spec=out.spec, protocol=protocol, seed=seed, release=raw.release,
+                   provenance=provenance, ratings=out.ratings, users=out.users, items=out.items,
+                   splits=out.splits, vocabs=out.vocabs)
+
+    # -------------------------------------------------------------------------------- tasks
+    def tasks(self, split: str = "train") -> TaskBatch:
+        """The padded tasks of ``split`` (``train``, ``val``, ``test`` or ``all``), users sorted by id.
+
+        CPU tensors; built once per split and cached on this object. Every kept user has exactly
+        ``n_support`` support and ``n_query`` query ratings, so all masks are ``True``.
+        """
+        if split not in _SPLITS:
+            raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
+        if split in self._task_cache:
+            return self._task_cache[split]
+        users = self.users if split == "all" else self.users[self.users["split"] == split]
+        ids = users["user"].to_numpy(copy=True)
+        b = len(ids)
+        r = self.ratings if split == "all" else self.ratings[self.ratings["split"] == split]
+        item_row = pd.Index(self.items["item"]).get_indexer(r["item"])
+        item_cat = self.items[[f"{f.name}_idx" for f in self.spec.item_categorical]].to_numpy(
+            dtype=np.int64, copy=True)
+        multi = {f.name: np.array(self.items[f"{f.name}_idx"].tolist(), dtype=np.int64)
+                 for f in self.spec.item_multi}
+
+        def part(which: str, n: int):
+            sel = (r["set"] == which).to_numpy()
+            rows = item_row[sel]
+            if len(rows) != b * n:
+                raise AssertionError(f"{which}: expected {n} ratings for each of {b} users, got {len(rows)}")
+            x = {"cat": torch.from_numpy(item_cat[rows].reshape(b, n, item_cat.shape[1]))}
+            for name, m in multi.items():
+                x[name] = torch.from_numpy(m[rows].reshape(b, n, m.shape[1]))
+            y = torch.from_numpy(r["rating"].to_numpy(dtype=np.float32, copy=True)[sel].reshape(b, n))
+            items = torch.from_numpy(r["item"].to_numpy(dtype=np.int64, copy=True)[sel].reshape(b, n))
+            scenario = torch.from_numpy(r["scenario"].to_numpy(dtype=np.int64, copy=True)[sel].reshape(b, n))
+            return x, y, items, scenario
+
+        s_x, s_y, s_items, _ = part("support", self.protocol.n_support)
+        q_x, q_y, q_items, q_scenario = part("query", self.protocol.n_query)
+        user_x = users[[f"{f.name}_idx" for f in self.spec.user_fields]].to_numpy(dtype=np.int64, copy=True)
+        batch = TaskBatch(
+            user_ids=torch.from_numpy(ids.astype(np.int64)),
+            user_x=torch.from_numpy(user_x.reshape(b, len(self.spec.user_fields))),
+            support_x=s_x, support_y=s_y, support_mask=torch.ones(s_y.shape, dtype=torch.bool),
+            support_item_ids=s_items,
+            query_x=q_x, query_y=q_y, query_mask=torch.ones(q_y.shape, dtype=torch.bool),
+            query_item_ids=q_items, query_scenario=q_scenario,
+            user_cold=torch.from_numpy(users["cold"].to_numpy(dtype=bool, copy=True)),
+        )
+        self._task_cache[split] = batch
+        return batch
+
+    # ------------------------------------------------------------------------------ summary
+    def summary(self) -> pd.DataFrame:
+        """Counts from the files to the tasks, one row per quantity (column ``value``).
+
+        ``release`` is always the first row: ``complete``, ``subset`` (e.g. ML-1M users 1–2999),
+        ``synthetic`` or ``unverified``.
+        """
+        c = self.provenance["counts"]
+        p = self.protocol
+        rule = {"date": f"first rating ≥ {self.provenance['split_time_utc']}",
+                "quantile": f"first rating ≥ {self.provenance['split_time_utc']} "
+                            f"(q={p.split_quantile} of rating times)",
+                "id": f"last {p.cold_user_fraction:.0%} of user ids"}[p.user_split]
+        rows = [
+            ("release", self.release),
+            ("dataset", self.name),
+            ("users in files", c["users_in_files"]),
+            ("items in files", c["items_in_files"]),
+            ("ratings in files", c["ratings_in_files"]),
+            ("users after cleaning", c["users_parsed"]),
+            ("items after cleaning", c["items_parsed"]),
+            ("ratings after cleaning", c["ratings_parsed"]),
+            (f"users kept (≥ {p.min_ratings} ratings)", c["users_kept"]),
+            (f"items in the trimmed table ({p.n_keep} per user)", c["items_kept"]),
+            ("ratings in the trimmed table", c["ratings_trimmed"]),
+            (f"ratings in tasks ({p.n_support} support + {p.n_query} query)", c["ratings_tasks"]),
+            ("warm users", c["users_warm"]),
+            ("cold users", c["users_cold"]),
+            ("cold-user rule", rule),
+            ("warm items", c["items_warm"]),
+            ("cold items", c["items_cold"]),
+            ("cold-item rule", f"≤ {p.item_cold_max} ratings in the trimmed table"),
+            *((f"query ratings {s}", c[f"query_{s}"]) for s in SCENARIOS),
+            ("train users", c["users_train"]),
+            ("val users", c["users_val"]),
+            ("test users", c["users_test"]),
+            ("seed", self.seed),
+        ]
+        return pd.DataFrame({"value": np.array([v for _, v in rows], dtype=object)},
+                            index=pd.Index([k for k, _ in rows], name="quantity"))
+
+    def __repr__(self) -> str:
+        c = self.provenance["counts"]
+        return (f"ColdStartData({self.name!r}, release={self.release!r}, users={c['users_kept']} "
+                f"({c['users_cold']} cold), items={c['items_kept']} ({c['items_cold']} cold), "
+                f"train/val/test={c['users_train']}/{c['users_val']}/{c['users_test']}, seed={self.seed})")
+
+    # -------------------------------------------------------------------------------- cache
+    def _payload(self, key: str) -> dict:
+        return {"format_version": FORMAT_VERSION, "key": key, "name": self.name,
+                "spec": self.spec.to_dict(), "protocol": self.protocol.to_dict(), "seed": self.seed,
+                "release": self.release, "provenance": self.provenance, "ratings": self.ratings,
+                "users": self.users, "items": self.items, "splits": self.splits, "vocabs": self.vocabs}
+
+    @classmethod
+    def _from_payload(cls, payload: dict, key: str) -> ColdStartData:
+        if payload.get("format_version") != FORMAT_VERSION or payload.get("key") != key:
+            raise ValueError("format version or key mismatch")
+        return cls(name=payload["name"], spec=FeatureSpec.from_dict(payload["spec"]),
+                   protocol=Protocol.from_dict(payload["protocol"]), seed=payload["seed"],
+                   release=payload["release"], provenance=payload["provenance"], ratings=payload["ratings"],
+                   users=payload["users"], items=payload["items"], splits=payload["splits"],
+                   vocabs=payload["vocabs"])
+
+
+# ------------------------------------------------------------------------------------- loading
+
+def _canonical(name: str) -> str:
+    key = str(name).strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    return key
+
+
+def _check_options(fn, options: dict, name: str) -> None:
+    allowed = [p.name for p in inspect.signature(fn).parameters.values()
+               if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("release", "provenance")]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(f"load({name!r}) got unknown option(s) {unknown}; valid: {allowed}")
+
+
+def _cache_path(cache, name: str, key: str) -> Path | None:
+    if cache is False or cache is None:
+        return None
+    root = _module("registry").cache_dir() if cache is True else Path(cache)
+    return Path(root) / "processed" / f"{name}-{key[:24]}.pt"
+
+
+def _read_cache(path: Path, key: str) -> ColdStartData | None:
+    if not path.is_file():
+        return None
+    try:
+        return ColdStartData._from_payload(torch.load(path, map_location="cpu", weights_only=False), key)
+    except Exception as e:  # noqa: BLE001 - any unreadable cache file is rebuilt
+        warnings.warn(f"processed-data cache {path} is unreadable or stale ({type(e).__name__}: {e}); "
+                      f"rebuilding it", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def _write_cache(path: Path, data: ColdStartData, key: str) -> None:
+    """Write atomically: a temporary file in the same folder, then ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(data._payload(key), fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(name: str, data_dir: str | os.PathLike | None = None, *, protocol: Protocol | dict | None = None,
+         seed: int = 0, download: bool = True, cache: bool | str | os.PathLike = True,
+         **kwargs) -> ColdStartData:
+    """Load ``name`` under MAMO's cold-start protocol.
+
+    Args:
+        name: ``movielens-1m``, ``movielens-100k``, ``book-crossing`` or ``synthetic``
+            (aliases ``ml-1m``, ``ml-100k``, ``bx``).
+        data_dir: data root (default ``$MAMO_LITE_DATA``, then the cache folder; see
+            ``registry.data_root``); ignored for ``synthetic``.
+        protocol: a :class:`Protocol` (or a dict of its fields); ``None`` → the paper's defaults
+            with the dataset's own user/item rules.
+        seed: the train/val/test user split's seed.
+        download: fetch missing MovieLens files (Book-Crossing must be supplied by hand).
+        cache: ``True`` → cache under ``registry.cache_dir()/processed``; a path → that folder
+            instead of ``cache_dir()``; ``False`` → neither read nor write a cache.
+        **kwargs: parser options (``merge_duplicate_movies`` for ML-1M; ``year_range``,
+            ``age_range`` for Book-Crossing) or, for ``synthetic``, ``make_synthetic``'s arguments.
+
+    Raises:
+        ValueError: unknown dataset or invalid protocol; TypeError: unknown option;
+        DataError (``MissingDataError``, ``ChecksumError``, ``ParseError`` …): files missing, wrong
+        or malformed.
+    """
+    name = _canonical(name)
+    if isinstance(protocol, dict):
+        protocol = Protocol.from_dict(protocol)
+    protocol = protocol or Protocol()
+    if name == "synthetic":
+        make = _module("synthetic").make_synthetic
+        source = Path(inspect.getfile(make)).read_bytes()
+        ident = {"make_synthetic": kwargs, "source_sha256": hashlib.sha256(source).hexdigest()}
+
+        def make_raw() -> RawTables:
+            return make(**kwargs)
+    else:
+        from .parsers import PARSERS
+
+        parse = PARSERS[name]
+        _check_options(parse, kwargs, name)
+        files = _module("registry").ensure_files(name, data_dir, download=download, verify=True)
+        ident = {"sha256": files.sha256, "release": files.release, "options": kwargs}
+
+        def make_raw() -> RawTables:
+            return parse(files.paths, release=files.release, provenance=files.provenance(), **kwargs)
+
+    resolved = protocol.resolved(name, time_based=name != "book-crossing")
+    key_fields = {"format": FORMAT_VERSION, "name": name, "ident": ident, "protocol": resolved.to_dict(),
+                  "seed": seed}
+    key = hashlib.sha256(json.dumps(key_fields, sort_keys=True, default=repr).encode()).hexdigest()
+    path = _cache_path(cache, name, key)
+    if path is not None and (hit := _read_cache(path, key)) is not None:
+        return hit
+    data = ColdStartData.from_raw(make_raw(), resolved, seed, options=kwargs)
+    if path is not None:
+        _write_cache(path, data, key)
+    return data
