@@ -133,7 +133,7 @@ def train_plain(model: EmbeddingRecommender, train_batch: TaskBatch, *, epochs: 
     try:
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
-            total = torch.zeros((), dtype=torch.float64, device=dev)
+            total = 0.0
             for idx in torch.randperm(n, generator=generator).to(dev).split(batch_size):
                 yb = y[idx].unsqueeze(1)
                 out = model(user_x[idx], {k: v[idx] for k, v in item_x.items()})
@@ -141,9 +141,9 @@ def train_plain(model: EmbeddingRecommender, train_batch: TaskBatch, *, epochs: 
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total += loss.detach().to(torch.float64) * len(idx)
+                total += float(loss.detach()) * len(idx)
                 bar.update(1)
-            rows += [(epoch, "train", "loss", total.item() / n), (epoch, "train", "seconds", time.perf_counter() - t0)]
+            rows += [(epoch, "train", "loss", total / n), (epoch, "train", "seconds", time.perf_counter() - t0)]
     finally:
         bar.close()
     model.eval()

@@ -1,0 +1,436 @@
+"""The command line: ``mamo-lite`` (or ``python -m mamo_lite``).
+
+``train``     meta-train one method on one dataset, test it per scenario, save checkpoint + metrics
+``evaluate``  re-score a saved checkpoint on its dataset's test users
+``methods``   the methods and their default hyper-parameters
+``data``      a dataset's summary: users per split, warm/cold counts, files and checksums
+
+Every command prints a clear message and exits with status 2 on bad input (an unknown method,
+a CUDA device this machine lacks, a negative learning rate, a missing data folder, ...), never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mamo_lite import __version__
+from mamo_lite.presets import PRESETS
+from mamo_lite.utils import atomic_write_text, json_safe
+
+__all__ = ["main", "parse_value"]
+
+DATASETS = ("movielens-1m", "movielens-100k", "book-crossing", "synthetic")
+
+METHOD_HELP = {
+    "maml": "MAML (Finn et al. 2017): one shared initialisation, every parameter fine-tuned on each user's support set",
+    "melu": "MeLU (Lee et al. 2019): MAML where only the decision layers adapt per user (Table 1 baseline)",
+    "metacs-dnn": "MetaCS-DNN (Bharadhwaj 2019): MAML over MeLU's network, global SGD (Table 1 baseline)",
+    "mamo": "MAMO (Dong et al. 2020): MAML whose initialisation is personalised by profile, gradient and "
+            "preference memories",
+}
+
+DATA_HELP = """\
+where data comes from:
+  raw files are looked up in --data-dir, else in $MAMO_LITE_DATA, else in the user cache
+  ($MAMO_LITE_CACHE or ~/.cache/mamo_lite). Missing MovieLens files are downloaded (GroupLens, and
+  MeLU's movie metadata from its GitHub repository) and verified by sha256; --no-download forbids
+  it. Book-Crossing cannot be downloaded any more: put BX-CSV-Dump.zip or its three CSVs into
+  <data dir>/book-crossing/. 'synthetic' is generated offline from the seed.
+"""
+
+CHECKPOINT_HELP = """\
+what a checkpoint contains:
+  the method, dataset and every configuration (network, meta-learning, MAMO memories), the feature
+  schema, all parameters and buffers (MAMO's memories included), the optimiser state, the learning
+  curves, the data's release and file checksums, the seed and the software versions.
+"""
+
+
+class CLIError(Exception):
+    """A user error: printed as ``mamo-lite: error: ...`` with exit status 2."""
+
+
+# -- argument parsing -----------------------------------------------------------------------------
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``--set`` value: ``true``/``false``, ``none``, numbers, tuples (``64,64`` or ``(64, 64)``), strings."""
+    low = text.strip().lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    if low in ("none", "null"):
+        return None
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        if "," in text:
+            return tuple(parse_value(part) for part in text.split(",") if part.strip())
+        return text.strip()
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Check ``value`` against the type of the default of ``key`` (ints widen to floats, scalars to tuples)."""
+    def bad(kind: str) -> CLIError:
+        return CLIError(f"--set {key}={value!r}: expected {kind} (default {default!r})")
+
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad("a number")
+        return float(value)
+    if isinstance(default, tuple):
+        return value if isinstance(value, tuple) else (value,)
+    if isinstance(default, str) and not isinstance(value, str):
+        raise bad("a string")
+    return value
+
+
+def parse_overrides(pairs: Sequence[str], method: str, dataset: str) -> dict[str, Any]:
+    """``["local_lr=0.05", ...]`` → ``{"local_lr": 0.05}``, typed like the method's defaults."""
+    from mamo_lite.meta.methods import method_configs
+
+    defaults: dict[str, Any] = {}
+    for cfg in method_configs(method, dataset).values():
+        if cfg is not None:
+            defaults.update({f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise CLIError(f"--set expects key=value, got {pair!r}")
+        if key not in defaults:
+            raise CLIError(f"--set {key}: unknown hyper-parameter for {method}; known: {', '.join(sorted(defaults))} "
+                           "(see `mamo-lite methods`)")
+        out[key] = _coerce(key, parse_value(text), defaults[key])
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="mamo-lite", formatter_class=fmt,
+        description="Meta-learning for cold-start recommendation (MAMO, KDD 2020): train, evaluate and "
+                    "inspect the book's methods from the command line.",
+        epilog="examples:\n"
+               "  mamo-lite methods\n"
+               "  mamo-lite data movielens-1m\n"
+               "  mamo-lite train --method mamo --dataset synthetic --preset smoke --out runs/try\n"
+               "  mamo-lite evaluate runs/try/checkpoint.pt\n\n" + DATA_HELP)
+    parser.add_argument("--version", action="version", version=f"mamo-lite {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def data_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", "--dataset-dir", dest="data_dir", metavar="DIR",
+                       help="folder holding the raw files (default: $MAMO_LITE_DATA, else the user cache)")
+        p.add_argument("--no-download", dest="download", action="store_false",
+                       help="fail instead of downloading missing files")
+
+    methods_text = "\n".join(f"  {m:<11} {h}" for m, h in METHOD_HELP.items())
+    presets_text = "\n".join(f"  {p.name:<6} {p.description}" for p in PRESETS.values())
+    t = sub.add_parser(
+        "train", formatter_class=fmt, help="meta-train a method, test it, save a checkpoint and metrics",
+        description="Meta-train METHOD on DATASET (Algorithm 1), keep the epoch with the best validation "
+                    "MAE, evaluate it on the test users per scenario (W-W, W-C, C-W, C-C), and write "
+                    "OUT/checkpoint.pt and OUT/metrics.json.",
+        epilog=f"methods:\n{methods_text}\n\npresets:\n{presets_text}\n\n{CHECKPOINT_HELP}\n{DATA_HELP}")
+    t.add_argument("--method", required=True, choices=list(METHOD_HELP), help="which meta-learner")
+    t.add_argument("--dataset", required=True, choices=DATASETS, help="which dataset")
+    t.add_argument("--preset", default="book", choices=list(PRESETS),
+                   help="run size: users and epochs (default: book)")
+    t.add_argument("--epochs", type=_positive_int, help="override the preset's number of epochs")
+    t.add_argument("--seed", type=_int, default=0, help="seed for initialisation, splits and shuffles (default: 0)")
+    t.add_argument("--device", default="auto",
+                   help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")
+    t.add_argument("--path", choices=("vmap", "loop"), default="vmap",
+                   help="batched torch.func.vmap over users, or the plain per-user loop (same numbers)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a hyper-parameter, e.g. --set local_lr=0.05 --set inner_steps=3 "
+                        "(repeatable; see `mamo-lite methods` for the keys)")
+    t.add_argument("--out", metavar="DIR", help="output folder (default: runs/METHOD-DATASET-seedSEED)")
+    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show progress bars (default: only in a terminal)")
+    data_options(t)
+
+    e = sub.add_parser(
+        "evaluate", formatter_class=fmt, help="score a saved checkpoint on its dataset's test users",
+        description="Rebuild the learner saved in CHECKPOINT, predict its dataset's test users after "
+                    "local adaptation (Algorithm 2), print MAE, RMSE and NDCG@3 per scenario and write "
+                    "them as JSON (default: next to the checkpoint).",
+        epilog=CHECKPOINT_HELP + "\n" + DATA_HELP)
+    e.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint.pt written by `mamo-lite train`")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    e.add_argument("--path", choices=("vmap", "loop"), default="vmap", help="vmap or per-user loop")
+    e.add_argument("--steps", type=_int, help="local updates per test user (default: the method's own)")
+    e.add_argument("--out", metavar="FILE", help="JSON output (default: CHECKPOINT's folder/<name>-evaluation.json)")
+    data_options(e)
+
+    m = sub.add_parser("methods", help="list the methods and their default hyper-parameters",
+                       description="List each method with its default network, meta-learning and memory "
+                                   "hyper-parameters (any of them can be changed with train --set KEY=VALUE).")
+    m.add_argument("--dataset", choices=DATASETS, default="movielens-1m",
+                   help="defaults differ per dataset (default: movielens-1m)")
+
+    d = sub.add_parser("data", formatter_class=fmt, help="summarise a dataset under the cold-start protocol",
+                       description="Load DATASET (downloading and verifying it if needed) and print its "
+                                   "users per split, warm/cold users, scenario counts and files.",
+                       epilog=DATA_HELP)
+    d.add_argument("dataset", choices=DATASETS, metavar="DATASET", help=f"one of {', '.join(DATASETS)}")
+    d.add_argument("--seed", type=_int, default=0, help="protocol seed (default: 0)")
+    data_options(d)
+    return parser
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+def _data_identity(provenance: dict | None) -> Any:
+    """The provenance without file locations: what must match for numbers to be comparable."""
+    ident = json_safe(dict(provenance or {}))
+    for f in (ident.get("files") or {}).values():
+        if isinstance(f, dict):
+            f.pop("path", None)
+    return ident
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    atomic_write_text(path, json.dumps(json_safe(obj), indent=2) + "\n")
+
+
+def _device(name: str):
+    from mamo_lite.utils import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
+def _load_data(name: str, data_dir: str | None, *, seed: int, download: bool):
+    from mamo_lite.data import load
+    from mamo_lite.data.errors import DataError
+
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise CLIError(f"--data-dir {data_dir!r} does not exist or is not a folder")
+    try:
+        return load(name, data_dir, seed=seed, download=download)
+    except DataError as e:
+        raise CLIError(str(e)) from None
+
+
+def _scenario_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    from mamo_lite.data.tasks import SCENARIOS
+
+    wide = metrics.pivot(index="scenario", columns="metric", values="value")  # keeps NaN (a diverged run)
+    order = [s for s in (*SCENARIOS, "all") if s in wide.index]
+    cols = [c for c in ("MAE", "RMSE") if c in wide.columns] + [c for c in wide.columns if c.startswith("NDCG")]
+    n = metrics[metrics["metric"] == "MAE"].set_index("scenario")["n"]
+    return wide.loc[order, cols].assign(n=n.reindex(order).astype("Int64"))
+
+
+def _print_table(title: str, metrics: pd.DataFrame) -> None:
+    print(title)
+    with pd.option_context("display.precision", 4, "display.width", 120):
+        print(_scenario_table(metrics).to_string(float_format=lambda v: f"{v:.4f}"))
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from mamo_lite.checkpoint import save_checkpoint
+    from mamo_lite.meta.methods import build_learner, learner_configs
+    from mamo_lite.presets import preset
+    from mamo_lite.train import evaluate_learner, fit, subset_users
+    from mamo_lite.utils import seed_everything, versions
+
+    start = time.perf_counter()
+    device = _device(args.device)
+    size = preset(args.preset)
+    epochs = args.epochs if args.epochs is not None else size.epochs
+    overrides = parse_overrides(args.overrides, args.method, args.dataset)
+    out = Path(args.out or f"runs/{args.method}-{args.dataset}-seed{args.seed}")
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {str(out)!r} exists and is not a folder")
+
+    data = _load_data(args.dataset, args.data_dir, seed=args.seed, download=args.download)
+    loaded = time.perf_counter()
+    seed_everything(args.seed)
+    try:
+        learner = build_learner(args.method, data.spec, args.dataset, overrides=overrides)
+    except (ValueError, TypeError) as e:  # the configs validate themselves
+        raise CLIError(f"invalid hyper-parameters: {e}") from None
+
+    print(f"training {args.method} on {args.dataset} ({size.name} preset, {epochs} epoch(s), seed {args.seed}, "
+          f"device {device}, {args.path} path)", flush=True)
+    result = fit(learner, data, epochs=epochs, seed=args.seed, device=device, path=args.path,
+                 patience=size.patience, max_train_users=size.max_train_users, max_val_users=size.max_val_users,
+                 eval_chunk=size.eval_chunk, progress=args.progress)
+    trained = time.perf_counter()
+    losses = result.history.query("split == 'train' and metric == 'loss'")["value"]
+    if not losses.map(math.isfinite).all():
+        print(f"warning: the training loss became {losses.iloc[-1]} (the learner diverged); "
+              "try a smaller global learning rate, e.g. --set global_lr=...", file=sys.stderr)
+    test = subset_users(data.tasks("test"), size.max_test_users, args.seed)
+    metrics = evaluate_learner(learner, test, method=args.method, dataset=args.dataset, seed=args.seed,
+                               path=args.path, chunk=size.eval_chunk)
+    evaluated = time.perf_counter()
+
+    extra = {"preset": size.name, "epochs": epochs, "overrides": overrides, "path": args.path,
+             "max_test_users": size.max_test_users, "eval_chunk": size.eval_chunk, "best_val": result.best_val}
+    save_checkpoint(out / "checkpoint.pt", learner, method=args.method, dataset=args.dataset,
+                    optimizer=result.optimizer, epoch=result.best_epoch, history=result.history,
+                    data_provenance=data.provenance, seed=args.seed, extra=extra)
+    report = {
+        "command": "train", "method": args.method, "dataset": args.dataset, "seed": args.seed,
+        "device": str(device), "path": args.path, "preset": size.to_dict(), "epochs": epochs,
+        "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
+        "best_val": result.best_val,
+        "users": {"train": result.n_train_users, "val": result.n_val_users, "test": len(test)},
+        "metrics": metrics.to_dict(orient="records"),
+        "history": result.history.to_dict(orient="records"),
+        "provenance": data.provenance, "release": data.release,
+        "configs": {k: (c.to_dict() if c is not None else None) for k, c in learner_configs(learner).items()},
+        "overrides": overrides, "versions": versions(device),
+        "wall_seconds": {"load": loaded - start, "train": trained - loaded, "evaluate": evaluated - trained,
+                         "total": time.perf_counter() - start},
+        "checkpoint": "checkpoint.pt",
+    }
+    _write_json(out / "metrics.json", report)
+    _print_table(f"\ntest users ({len(test)}), best epoch {result.best_epoch} of {result.epochs_run}:", metrics)
+    print(f"\nwrote {out / 'checkpoint.pt'} and {out / 'metrics.json'} "
+          f"({report['wall_seconds']['total']:.1f} s)")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from mamo_lite.checkpoint import CheckpointError, load_checkpoint
+    from mamo_lite.train import evaluate_learner, subset_users
+    from mamo_lite.utils import versions
+
+    start = time.perf_counter()
+    device = _device(args.device)
+    if args.steps is not None and args.steps < 0:
+        raise CLIError(f"--steps must be ≥ 0, got {args.steps}")
+    try:
+        learner, info = load_checkpoint(args.checkpoint, device=device)
+    except CheckpointError as e:
+        raise CLIError(str(e)) from None
+    data = _load_data(info["dataset"], args.data_dir, seed=info["seed"], download=args.download)
+    if _data_identity(info["data_provenance"]) != _data_identity(data.provenance):
+        print("warning: the data's provenance differs from the one recorded in the checkpoint "
+              "(different files or release); numbers may not be comparable", file=sys.stderr)
+    test = subset_users(data.tasks("test"), info["extra"].get("max_test_users"), info["seed"])
+    metrics = evaluate_learner(learner, test, method=info["method"], dataset=info["dataset"], seed=info["seed"],
+                               steps=args.steps, path=args.path, chunk=info["extra"].get("eval_chunk", 256))
+    ckpt = Path(args.checkpoint)
+    out = Path(args.out) if args.out else ckpt.with_name(f"{ckpt.stem}-evaluation.json")
+    _write_json(out, {
+        "command": "evaluate", "checkpoint": str(ckpt), "method": info["method"], "dataset": info["dataset"],
+        "seed": info["seed"], "epoch": info["epoch"], "device": str(device), "path": args.path, "steps": args.steps,
+        "users": {"test": len(test)}, "metrics": metrics.to_dict(orient="records"),
+        "provenance": data.provenance, "versions": versions(device),
+        "wall_seconds": time.perf_counter() - start,
+    })
+    _print_table(f"{info['method']} on {info['dataset']} (epoch {info['epoch']}, seed {info['seed']}), "
+                 f"test users ({len(test)}):", metrics)
+    print(f"\nwrote {out}")
+    return 0
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from mamo_lite.meta.methods import METHODS, method_configs
+
+    for method in METHODS:
+        print(f"{method}\n  {METHOD_HELP.get(method, '')}")
+        try:
+            configs = method_configs(method, args.dataset)
+        except ImportError as e:  # a method whose module is not installed
+            print(f"  (unavailable: {e})\n")
+            continue
+        for part, cfg in configs.items():
+            if cfg is None:
+                continue
+            values = ", ".join(f"{k}={v!r}" for k, v in cfg.to_dict().items())
+            print(f"  {part:<6} {values}")
+        print()
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    data = _load_data(args.dataset, args.data_dir, seed=args.seed, download=args.download)
+    spec = data.spec
+    print(f"{data.name}: ratings {spec.rating_min:g}–{spec.rating_max:g}, seed {data.seed}")
+    print(data.summary().to_string())
+    print("\nuser fields: " + ", ".join(f"{f.name} ({f.vocab_size})" for f in spec.user_fields))
+    print("item fields: " + ", ".join(f"{f.name} ({f.vocab_size}{', multi' if f.kind == 'multi' else ''})"
+                                      for f in spec.item_fields))
+    files = data.provenance.get("files", {})
+    if files:
+        print("\nfiles (sha256):")
+        for name, f in files.items():
+            print(f"  {name:<11} {f.get('sha256')}  {f.get('path')}")
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "methods": _cmd_methods, "data": _cmd_data}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)  # exits with status 2 on bad arguments
+    try:
+        return COMMANDS[args.command](args)
+    except CLIError as e:
+        print(f"mamo-lite {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `mamo-lite methods | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (silence the flush at exit)
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

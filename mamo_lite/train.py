@@ -1,0 +1,231 @@
+"""The one training loop of the book: every meta-learner (MAML, MeLU, MetaCS-DNN, MAMO) trains here.
+
+:func:`fit` runs Algorithm 1 epoch by epoch: the training users are shuffled with a seeded generator,
+cut into meta-batches of ``learner.config.users_per_batch`` users, and each meta-batch takes one
+:func:`~mamo_lite.meta.engine.meta_step` (local updates, Eq. 11; memory writes; global update,
+Eq. 12). After every epoch the learner predicts the held-out *validation* users (training users the
+meta-updates never see, Algorithm 2) and the epoch with the lowest validation MAE is kept: its
+parameters, memories and optimiser state are restored at the end. Learning curves come back as a
+tidy ``history`` table (``epoch, split, metric, value``) that ``mamo_lite.plots`` reads.
+
+:func:`evaluate_learner` turns a trained learner into the per-scenario table of
+``mamo_lite.evaluate`` (W-W, W-C, C-W, C-C × MAE, RMSE, NDCG@3).
+
+Same seed, same CPU thread count → bit-identical histories and parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+
+from mamo_lite.data.tasks import TaskBatch
+from mamo_lite.evaluate import clip_predictions, scenario_metrics
+from mamo_lite.meta.engine import MetaLearner, Path, make_optimizer, meta_step, predict
+from mamo_lite.metrics import aggregate
+from mamo_lite.utils import progress as progress_bar
+from mamo_lite.utils import resolve_device, seed_everything
+
+__all__ = ["FitResult", "evaluate_learner", "fit", "subset_users", "val_metrics"]
+
+HISTORY_COLUMNS = ["epoch", "split", "metric", "value"]
+
+# callback(epoch, metrics of that epoch, learner) -> True to stop training
+Callback = Callable[[int, dict[str, float], MetaLearner], bool | None]
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns. The learner itself is trained in place (and left at ``best_epoch``).
+
+    ``history`` rows: ``(epoch, "train", "loss", mean query loss)``, ``(epoch, "train", "seconds",
+    wall time of the epoch's meta-updates)``, and with validation ``(epoch, "val", "MAE" | "RMSE" |
+    "seconds", ...)``. ``best_val`` holds the validation metrics of ``best_epoch`` (empty without
+    validation, where ``best_epoch`` is the last epoch). ``optimizer`` is the global optimiser, in
+    its state at ``best_epoch``: save it with the checkpoint to resume.
+    """
+
+    history: pd.DataFrame
+    best_epoch: int
+    epochs_run: int
+    best_val: dict[str, float]
+    optimizer: torch.optim.Optimizer
+    seconds: float
+    n_train_users: int
+    n_val_users: int
+    stopped_early: bool
+
+
+def subset_users(batch: TaskBatch, n: int | None, seed: int) -> TaskBatch:
+    """A seeded subset of ``n`` users of ``batch`` (in their original order); all users if ``n`` is None.
+
+    The same ``(batch, n, seed)`` always gives the same users, whatever else used the random streams.
+    """
+    if n is None or n >= len(batch):
+        return batch
+    if n < 1:
+        raise ValueError(f"a user limit must be positive or None, got {n}")
+    idx = torch.randperm(len(batch), generator=torch.Generator().manual_seed(int(seed)))[:n]
+    return batch.select(idx.sort().values)
+
+
+def _splits(data: Any, val: bool | TaskBatch) -> tuple[TaskBatch, TaskBatch | None]:
+    """``(train, val)`` task batches from a dataset (``.tasks(split)``), a mapping or a ``TaskBatch``."""
+    if isinstance(data, TaskBatch):
+        train, held_out = data, None
+    elif isinstance(data, Mapping):
+        train, held_out = data["train"], data.get("val")
+    elif hasattr(data, "tasks"):
+        train = data.tasks("train")
+        held_out = data.tasks("val") if val is True else None
+    else:
+        raise TypeError("fit() needs a dataset with .tasks(split), a {'train': ..., 'val': ...} mapping "
+                        f"or a TaskBatch, got {type(data).__name__}")
+    if isinstance(val, TaskBatch):
+        held_out = val
+    elif not val:
+        held_out = None
+    return train, held_out
+
+
+def val_metrics(learner: MetaLearner, batch: TaskBatch, *, path: Path = "vmap", chunk: int = 256,
+                steps: int | None = None) -> dict[str, float]:
+    """Validation MAE and RMSE pooled over the query ratings (Algorithm 2 predictions, clipped to the scale)."""
+    pred = predict(learner, batch, path=path, chunk=chunk, steps=steps).cpu()
+    pred = clip_predictions(pred, learner.model.spec)
+    y, mask = batch.query_y.cpu(), batch.query_mask.cpu()
+    return {m: aggregate(m, pred, y, mask, average="rating").value for m in ("MAE", "RMSE")}
+
+
+def _clone_state(learner: MetaLearner) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in learner.state_dict().items()}
+
+
+def fit(
+    learner: MetaLearner,
+    data_or_batches: Any,
+    *,
+    epochs: int,
+    seed: int,
+    device: str | torch.device = "auto",
+    path: Path = "vmap",
+    val: bool | TaskBatch = True,
+    patience: int | None = None,
+    max_train_users: int | None = None,
+    max_val_users: int | None = None,
+    eval_chunk: int = 256,
+    optimizer: torch.optim.Optimizer | None = None,
+    progress: bool | None = None,
+    callback: Callback | None = None,
+) -> FitResult:
+    """Meta-train ``learner`` for ``epochs`` epochs (Algorithm 1) and keep its best validation epoch.
+
+    ``data_or_batches``: a dataset from ``mamo_lite.data.load`` (its ``train`` and ``val`` splits), a
+    mapping ``{"train": TaskBatch, "val": TaskBatch}``, or one training ``TaskBatch`` (then no
+    validation unless ``val`` is a ``TaskBatch``). ``val=False`` skips validation: the last epoch is
+    kept. ``max_train_users``/``max_val_users`` train/validate on a seeded subset. ``patience`` stops
+    after that many epochs without a lower validation MAE. ``optimizer`` resumes a saved optimiser
+    (default: a fresh ``make_optimizer(learner)``). ``progress``: None shows a bar only in a terminal.
+    ``callback(epoch, metrics, learner)`` runs after each epoch; returning True stops training.
+
+    Seeds everything with ``seed`` first; training users are reshuffled every epoch with a generator
+    seeded by ``seed``. The learner is moved to ``device`` and trained in place.
+    """
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+    if patience is not None and patience < 1:
+        raise ValueError(f"patience must be a positive integer or None, got {patience!r}")
+    train, held_out = _splits(data_or_batches, val)
+    if len(train) == 0:
+        raise ValueError("no training users: the training split is empty")
+    train = subset_users(train, max_train_users, seed)
+    if held_out is not None:
+        held_out = subset_users(held_out, max_val_users, seed)
+        held_out = held_out if len(held_out) else None
+
+    generator = seed_everything(seed)
+    dev = resolve_device(device)
+    learner.to(dev)
+    train = train.to(dev)
+    held_out = held_out.to(dev) if held_out is not None else None
+    opt = optimizer if optimizer is not None else make_optimizer(learner)
+
+    size = learner.config.users_per_batch
+    n_batches = math.ceil(len(train) / size)
+    rows: list[tuple[int, str, str, float]] = []
+    best_epoch, best_mae, best_val = 0, math.inf, {}
+    best_state: dict[str, torch.Tensor] | None = None
+    best_opt: dict | None = None
+    stopped_early = False
+    start = time.perf_counter()
+    bar = progress_bar(total=epochs * n_batches, enabled=progress, desc="meta-training", unit="batch")
+    epoch = 0
+    try:
+        for epoch in range(1, epochs + 1):
+            learner.train()
+            t0 = time.perf_counter()
+            loss_sum = 0.0
+            for batch in train.batches(size, shuffle=True, generator=generator):
+                losses = meta_step(learner, batch, opt, path=path)
+                loss_sum += float(losses.sum())
+                bar.update(1)
+            train_loss = loss_sum / len(train)
+            epoch_metrics = {"train_loss": train_loss, "train_seconds": time.perf_counter() - t0}
+            rows += [(epoch, "train", "loss", train_loss), (epoch, "train", "seconds", epoch_metrics["train_seconds"])]
+
+            improved = held_out is None
+            if held_out is not None:
+                learner.eval()
+                t1 = time.perf_counter()
+                metrics = val_metrics(learner, held_out, path=path, chunk=eval_chunk)
+                seconds = time.perf_counter() - t1
+                rows += [(epoch, "val", m, v) for m, v in metrics.items()] + [(epoch, "val", "seconds", seconds)]
+                epoch_metrics.update({f"val_{m}": v for m, v in metrics.items()}, val_seconds=seconds)
+                improved = best_state is None or metrics["MAE"] < best_mae  # later NaN MAEs never improve
+                if improved:
+                    best_mae, best_val = metrics["MAE"], metrics
+                    best_state, best_opt = _clone_state(learner), copy.deepcopy(opt.state_dict())
+            if improved:
+                best_epoch = epoch
+            bar.set_postfix(epoch=epoch, loss=f"{train_loss:.4f}",
+                            **({"val_mae": f"{best_mae:.4f}"} if held_out is not None else {}))
+            if callback is not None and callback(epoch, epoch_metrics, learner):
+                stopped_early = epoch < epochs
+                break
+            if patience is not None and epoch - best_epoch >= patience:
+                stopped_early = epoch < epochs
+                break
+    finally:
+        bar.close()
+
+    if best_state is not None and best_epoch != epoch:
+        learner.load_state_dict(best_state)
+        opt.load_state_dict(best_opt)
+    history = pd.DataFrame(rows, columns=HISTORY_COLUMNS).astype({"epoch": "int64", "value": "float64"})
+    return FitResult(history=history, best_epoch=best_epoch, epochs_run=epoch, best_val=best_val,
+                     optimizer=opt, seconds=time.perf_counter() - start, n_train_users=len(train),
+                     n_val_users=len(held_out) if held_out is not None else 0, stopped_early=stopped_early)
+
+
+def evaluate_learner(learner: MetaLearner, batch: TaskBatch, *, method: str, dataset: str, seed: int,
+                     steps: int | None = None, path: Path = "vmap", chunk: int = 256,
+                     **metric_kw: Any) -> pd.DataFrame:
+    """The tidy per-scenario table (method, dataset, scenario, metric, seed, value, n) of ``learner``.
+
+    Predicts ``batch``'s query ratings after local adaptation on each user's support set
+    (Algorithm 2, ``steps`` local updates; default the learner's own) on the learner's device, then
+    scores them with :func:`mamo_lite.evaluate.scenario_metrics`, predictions clipped to the rating
+    scale (extra keywords such as ``k``, ``clip`` and ``average`` go there).
+    """
+    dev = next(learner.parameters()).device
+    learner.eval()
+    pred = predict(learner, batch.to(dev), path=path, chunk=chunk, steps=steps).cpu()
+    return scenario_metrics(pred, batch.to("cpu"), method=method, dataset=dataset, seed=seed,
+                            rating_range=learner.model.spec, **metric_kw)
