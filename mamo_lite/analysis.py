@@ -45,7 +45,7 @@ def gradient_agreement(grads: Tensor) -> Tensor:
     return torch.nn.functional.cosine_similarity(grads, mean, dim=1)
 
 
-def adaptation_curve(learner: MetaLearner, batch: TaskBatch, steps: range | list[int] = range(0, 6),
+def adaptation_curve(learner: MetaLearner, batch: TaskBatch, steps: range | list[int] = range(6),
                      ) -> pd.DataFrame:
     """Per-user query MAE after ``s`` local steps (Eq. 11) for each ``s``: tidy (user, step, MAE)."""
     rows = []

@@ -1,8 +1,8 @@
 """Chapter-3 diagnostics agree with the engine they are built on."""
 
 import torch
-
 from helpers import tiny_batch, tiny_learner, tiny_spec
+
 from mamo_lite.analysis import adaptation_curve, gradient_agreement, per_user_meta_gradients
 from mamo_lite.meta import meta_gradient, predict
 

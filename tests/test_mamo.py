@@ -9,7 +9,16 @@ import torch
 from mamo_lite.data.tasks import FeatureSpec, Field, TaskBatch
 from mamo_lite.mamo import MAMOConfig, MAMOLearner
 from mamo_lite.memories import attention, attentive_write, attentive_write_sequence, personal_bias, read
-from mamo_lite.meta import MetaConfig, MetaLearner, adapt, build_learner, make_optimizer, meta_gradient, meta_step, predict
+from mamo_lite.meta import (
+    MetaConfig,
+    MetaLearner,
+    adapt,
+    build_learner,
+    make_optimizer,
+    meta_gradient,
+    meta_step,
+    predict,
+)
 from mamo_lite.models import EmbeddingRecommender, RecommenderConfig
 
 SPEC = FeatureSpec((Field("gender", "categorical", 3), Field("age", "categorical", 5)),
@@ -136,8 +145,8 @@ def test_writes_after_a_step_match_equations_5_6_8():
         exp["preference"] = 0.1 * a[:, None, None] * pref + 0.9 * exp["preference"]
     meta_step(learner, batch, make_optimizer(learner))
     after = learner.memory_state()
-    for k in exp:
-        torch.testing.assert_close(after[k], exp[k], rtol=1e-5, atol=1e-6, msg=k)
+    for k, value in exp.items():
+        torch.testing.assert_close(after[k], value, rtol=1e-5, atol=1e-6, msg=k)
 
 
 def test_memory_writes_build_no_autograd_graph():

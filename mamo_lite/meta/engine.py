@@ -50,7 +50,7 @@ class MetaConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.local_groups, str):
-            raise ValueError(f"MetaConfig.local_groups must be a tuple of group names, got the string "
+            raise TypeError(f"MetaConfig.local_groups must be a tuple of group names, got the string "
                              f"{self.local_groups!r}; write ({self.local_groups!r},)")
         bad = set(self.local_groups) - set(GROUPS)
         if bad:

@@ -27,13 +27,13 @@ from mamo_lite.models.recommender import EmbeddingRecommender, RecommenderConfig
 
 METHODS: tuple[str, ...] = ("maml", "melu", "metacs-dnn", "mamo")
 
-_MELU_NET = dict(embed_dim=32, tower_layers=0, preference="none", decision_hidden=(64, 64), activation="relu",
-                 output_bias_init="zero")
+_MELU_NET = {"embed_dim": 32, "tower_layers": 0, "preference": "none", "decision_hidden": (64, 64),
+             "activation": "relu", "output_bias_init": "zero"}
 
 
 def _paper_net(dataset: str) -> dict:
     # appendix A.3: d_e = 100 (MovieLens), 50 (Book-Crossing); 2 layers; LeakyReLU
-    return dict(embed_dim=50 if dataset == "book-crossing" else 100, tower_layers=2)
+    return {"embed_dim": 50 if dataset == "book-crossing" else 100, "tower_layers": 2}
 
 
 def method_configs(method: str, dataset: str = "movielens-1m") -> dict[str, Any]:

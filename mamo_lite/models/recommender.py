@@ -20,6 +20,7 @@ group          parameters                             paper
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -124,7 +125,7 @@ class EmbeddingRecommender(nn.Module):
                 return nn.Sequential(), n_in
             widths = _tower_widths(n_in, d, cfg.tower_layers)
             layers: list[nn.Module] = []
-            for a, b in zip(widths[:-1], widths[1:]):
+            for a, b in itertools.pairwise(widths):
                 lin = nn.Linear(a, b)
                 nn.init.zeros_(lin.bias)
                 layers += [lin, act]
@@ -145,7 +146,7 @@ class EmbeddingRecommender(nn.Module):
             layers += [nn.Linear(x_dim, h), act]
             x_dim = h
         self.decision = nn.Sequential(*layers)
-        self.n_classes = int(round(spec.rating_max - spec.rating_min)) + 1
+        self.n_classes = round(spec.rating_max - spec.rating_min) + 1
         self.out = nn.Linear(x_dim, 1 if cfg.head == "regression" else self.n_classes)
         if cfg.head == "regression" and cfg.output_bias_init == "midpoint":
             # Start predictions at the middle of the rating scale (3 on 1-5) instead of ≈ 0: uses only
