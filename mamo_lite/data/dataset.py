@@ -18,7 +18,6 @@ import importlib
 import inspect
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,16 +262,10 @@ def _read_cache(path: Path, key: str) -> ColdStartData | None:
 
 
 def _write_cache(path: Path, data: ColdStartData, key: str) -> None:
-    """Write atomically: a temporary file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(data._payload(key), fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write atomically (a temporary file in the same folder, then ``os.replace``)."""
+    from mamo_lite.utils import atomic_torch_save
+
+    atomic_torch_save(path, data._payload(key))
 
 
 def load(name: str, data_dir: str | os.PathLike | None = None, *, protocol: Protocol | dict | None = None,
