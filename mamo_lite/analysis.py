@@ -61,8 +61,8 @@ def adaptation_curve(learner: MetaLearner, batch: TaskBatch, steps: range | list
     for s in steps:
         pred = predict(learner, batch, steps=s).clamp(lo, hi)
         mae = ((pred - batch.query_y).abs() * mask).sum(1) / mask.sum(1).clamp(min=1)
-        rows.append(pd.DataFrame({"user": batch.user_ids.numpy(), "step": s, "MAE": mae.numpy(),
-                                  "user_cold": batch.user_cold.numpy()}))
+        rows.append(pd.DataFrame({"user": batch.user_ids.cpu().numpy(), "step": s, "MAE": mae.cpu().numpy(),
+                                  "user_cold": batch.user_cold.cpu().numpy()}))
     return pd.concat(rows, ignore_index=True)
 
 
