@@ -29,6 +29,7 @@ from mamo_lite.data.tasks import TaskBatch
 from mamo_lite.memories import attention, attentive_write_sequence, personal_bias, read
 from mamo_lite.meta.engine import MetaConfig, MetaLearner, Params
 from mamo_lite.models.recommender import EmbeddingRecommender
+from mamo_lite.utils import check_literal_fields
 
 
 @dataclass(frozen=True)
@@ -64,13 +65,7 @@ class MAMOConfig:
                 raise ValueError(f"MAMOConfig.{name} is a write rate and must lie in [0, 1], got {v}")
         if self.tau < 0:
             raise ValueError(f"MAMOConfig.tau must be ≥ 0, got {self.tau}")
-        if self.gradient_source not in ("query", "support"):
-            raise ValueError(f"MAMOConfig.gradient_source must be 'query' or 'support', got {self.gradient_source!r}")
-        if self.gradient_params not in ("all", "weights"):
-            raise ValueError(f"MAMOConfig.gradient_params must be 'all' or 'weights', got {self.gradient_params!r}")
-        if self.preference_init not in ("linear", "normal", "identity"):
-            raise ValueError("MAMOConfig.preference_init must be 'linear', 'normal' or 'identity', "
-                             f"got {self.preference_init!r}")
+        check_literal_fields(self)
 
     @classmethod
     def for_dataset(cls, dataset: str) -> MAMOConfig:

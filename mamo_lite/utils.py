@@ -17,9 +17,10 @@ import platform
 import random
 import sys
 import tempfile
+import typing
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import numpy as np
 import torch
@@ -236,3 +237,22 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     """``torch.save(obj, path)``, atomically: an error while pickling leaves any old file untouched."""
     return _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+# -- configuration checks ---------------------------------------------------------------------------
+
+def check_literal_fields(config: Any) -> None:
+    """Check every dataclass field annotated ``Literal[...]`` against its declared options.
+
+    The options are read from the annotation, so each configuration states them once. Raises a
+    ``ValueError`` naming the class, the field, the valid options and the value given.
+    """
+    hints = typing.get_type_hints(type(config))
+    for name, hint in hints.items():
+        if typing.get_origin(hint) is not Literal:
+            continue
+        options = typing.get_args(hint)
+        value = getattr(config, name)
+        if value not in options:
+            raise ValueError(f"{type(config).__name__}.{name} must be one of "
+                             f"{', '.join(map(repr, options))}; got {value!r}")

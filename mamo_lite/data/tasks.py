@@ -17,7 +17,7 @@ Encoding rules (shared by every dataset):
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import torch
@@ -156,9 +156,6 @@ class TaskBatch:
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         for start in range(0, n, size):
             yield self.select(order[start:start + size])
-
-    def replace(self, **changes) -> TaskBatch:
-        return replace(self, **changes)
 
 
 def tree_index(tree, i: int):

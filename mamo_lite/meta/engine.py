@@ -25,6 +25,7 @@ from torch.func import functional_call, grad, vmap
 
 from mamo_lite.data.tasks import TaskBatch, tree_index
 from mamo_lite.models.recommender import GROUPS, EmbeddingRecommender, prediction_from_output, rating_loss
+from mamo_lite.utils import check_literal_fields
 
 Path = Literal["vmap", "loop"]
 
@@ -63,10 +64,7 @@ class MetaConfig:
             raise ValueError(f"MetaConfig.inner_steps must be ≥ 0, got {self.inner_steps}")
         if self.users_per_batch < 1:
             raise ValueError(f"MetaConfig.users_per_batch must be ≥ 1, got {self.users_per_batch}")
-        if self.global_optimizer not in ("sgd", "adam"):
-            raise ValueError(f"MetaConfig.global_optimizer must be 'sgd' or 'adam', got {self.global_optimizer!r}")
-        if self.reduction not in ("mean", "sum"):
-            raise ValueError(f"MetaConfig.reduction must be 'mean' or 'sum', got {self.reduction!r}")
+        check_literal_fields(self)
 
     def to_dict(self) -> dict:
         d = asdict(self)

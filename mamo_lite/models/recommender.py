@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mamo_lite.data.tasks import FeatureSpec
+from mamo_lite.utils import check_literal_fields
 
 GROUPS: tuple[str, ...] = ("profile", "user", "item", "preference", "decision")
 _GROUP_OF = {"user_profile": "profile", "item_profile": "profile", "user_tower": "user", "item_tower": "item",
@@ -62,19 +63,9 @@ class RecommenderConfig:
             raise ValueError(f"RecommenderConfig.embed_dim must be ≥ 1, got {self.embed_dim}")
         if self.tower_layers < 0:
             raise ValueError(f"RecommenderConfig.tower_layers must be ≥ 0, got {self.tower_layers}")
-        if self.activation not in ("leaky_relu", "relu"):
-            raise ValueError(f"RecommenderConfig.activation must be 'leaky_relu' or 'relu', got {self.activation!r}")
-        if self.multi_pooling not in ("mean", "sum"):
-            raise ValueError(f"RecommenderConfig.multi_pooling must be 'mean' or 'sum', got {self.multi_pooling!r}")
+        check_literal_fields(self)
         if self.field_dim is not None and self.field_dim < 1:
             raise ValueError(f"RecommenderConfig.field_dim must be positive, got {self.field_dim}")
-        if self.preference not in ("paper", "code", "none"):
-            raise ValueError(f"RecommenderConfig.preference must be 'paper', 'code' or 'none', got {self.preference!r}")
-        if self.output_bias_init not in ("midpoint", "zero"):
-            raise ValueError("RecommenderConfig.output_bias_init must be 'midpoint' or 'zero', "
-                             f"got {self.output_bias_init!r}")
-        if self.head not in ("regression", "classification"):
-            raise ValueError(f"RecommenderConfig.head must be 'regression' or 'classification', got {self.head!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
