@@ -17,7 +17,7 @@ Encoding rules (shared by every dataset):
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 import torch
@@ -156,6 +156,10 @@ class TaskBatch:
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         for start in range(0, n, size):
             yield self.select(order[start:start + size])
+
+    def replace(self, **changes) -> TaskBatch:
+        """A copy with some fields replaced (``dataclasses.replace``)."""
+        return replace(self, **changes)
 
 
 def tree_index(tree, i: int):
