@@ -11,6 +11,12 @@ tidy ``history`` table (``epoch, split, metric, value``) that ``mamo_lite.plots`
 :func:`evaluate_learner` turns a trained learner into the per-scenario table of
 ``mamo_lite.evaluate`` (W-W, W-C, C-W, C-C × MAE, RMSE, NDCG@3).
 
+A run whose query loss stops being finite or exceeds ``max_loss`` (default ``1e6``; a squared error
+on a 1-5 scale is at most 16) has **diverged**: :func:`fit` stops at once, restores the last epoch that
+was still healthy and says so in ``FitResult.diverged`` (e.g. ``"diverged (query loss > 1e6 at epoch
+2)"``). The loss of a diverged run is chaotic (it differs between CPUs in every digit), so it is reported
+as that event, never as a number.
+
 Same seed, same CPU thread count → bit-identical histories and parameters.
 """
 
@@ -33,9 +39,10 @@ from mamo_lite.metrics import aggregate
 from mamo_lite.utils import progress as progress_bar
 from mamo_lite.utils import resolve_device, seed_everything
 
-__all__ = ["FitResult", "evaluate_learner", "fit", "subset_users", "val_metrics"]
+__all__ = ["DIVERGENCE_LOSS", "FitResult", "evaluate_learner", "fit", "subset_users", "val_metrics"]
 
 HISTORY_COLUMNS = ["epoch", "split", "metric", "value"]
+DIVERGENCE_LOSS = 1e6  # a mean query loss above this (or not finite) means the run has diverged
 
 # callback(epoch, metrics of that epoch, learner) -> True to stop training
 Callback = Callable[[int, dict[str, float], MetaLearner], bool | None]
@@ -50,6 +57,10 @@ class FitResult:
     "seconds", ...)``. ``best_val`` holds the validation metrics of ``best_epoch`` (empty without
     validation, where ``best_epoch`` is the last epoch). ``optimizer`` is the global optimiser, in
     its state at ``best_epoch``: save it with the checkpoint to resume.
+
+    ``diverged`` is None for a healthy run, else the event as text (``"diverged (query loss > 1e6 at
+    epoch 2)"``); then ``diverged_epoch`` is that epoch, the history stops before it, and the learner
+    holds the last healthy epoch (``best_epoch``; 0 means the initial weights).
     """
 
     history: pd.DataFrame
@@ -61,6 +72,21 @@ class FitResult:
     n_train_users: int
     n_val_users: int
     stopped_early: bool
+    diverged: str | None = None
+    diverged_epoch: int | None = None
+
+
+def _short_float(x: float) -> str:
+    """``1e6`` rather than ``1e+06``: how thresholds read in messages."""
+    mantissa, exponent = f"{x:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def divergence_message(epoch: int, what: str, max_loss: float = DIVERGENCE_LOSS) -> str:
+    """The one way a diverged run is reported: ``"diverged (query loss > 1e6 at epoch 2)"``."""
+    if what == "loss":
+        return f"diverged (query loss > {_short_float(max_loss)} at epoch {epoch})"
+    return f"diverged (validation predictions not finite at epoch {epoch})"
 
 
 def subset_users(batch: TaskBatch, n: int | None, seed: int) -> TaskBatch:
@@ -124,6 +150,7 @@ def fit(
     optimizer: torch.optim.Optimizer | None = None,
     progress: bool | None = None,
     callback: Callback | None = None,
+    max_loss: float = DIVERGENCE_LOSS,
 ) -> FitResult:
     """Meta-train ``learner`` for ``epochs`` epochs (Algorithm 1) and keep its best validation epoch.
 
@@ -134,6 +161,8 @@ def fit(
     after that many epochs without a lower validation MAE. ``optimizer`` resumes a saved optimiser
     (default: a fresh ``make_optimizer(learner)``). ``progress``: None shows a bar only in a terminal.
     ``callback(epoch, metrics, learner)`` runs after each epoch; returning True stops training.
+    ``max_loss``: a meta-batch whose mean query loss exceeds it (or is not finite) stops the run as
+    diverged (see ``FitResult.diverged``); an epoch whose validation MAE is not finite does too.
 
     Seeds everything with ``seed`` first; training users are reshuffled every epoch with a generator
     seeded by ``seed``. The learner is moved to ``device`` and trained in place.
@@ -142,6 +171,8 @@ def fit(
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     if patience is not None and patience < 1:
         raise ValueError(f"patience must be a positive integer or None, got {patience!r}")
+    if not (isinstance(max_loss, int | float) and math.isfinite(max_loss) and max_loss > 0):
+        raise ValueError(f"max_loss must be a finite positive number, got {max_loss!r}")
     train, held_out = _splits(data_or_batches, val)
     if len(train) == 0:
         raise ValueError("no training users: the training split is empty")
@@ -161,9 +192,11 @@ def fit(
     n_batches = math.ceil(len(train) / size)
     rows: list[tuple[int, str, str, float]] = []
     best_epoch, best_mae, best_val = 0, math.inf, {}
-    best_state: dict[str, torch.Tensor] | None = None
-    best_opt: dict | None = None
+    # The last healthy state (the initial one to start with), restored if the run diverges.
+    best_state: dict[str, torch.Tensor] = _clone_state(learner)
+    best_opt: dict = copy.deepcopy(opt.state_dict())
     stopped_early = False
+    diverged: str | None = None
     start = time.perf_counter()
     bar = progress_bar(total=epochs * n_batches, enabled=progress, desc="meta-training", unit="batch")
     epoch = 0
@@ -174,8 +207,14 @@ def fit(
             loss_sum = 0.0
             for batch in train.batches(size, shuffle=True, generator=generator):
                 losses = meta_step(learner, batch, opt, path=path)
-                loss_sum += float(losses.sum())
+                batch_loss = float(losses.sum())
                 bar.update(1)
+                if not batch_loss / len(losses) <= max_loss:  # also catches NaN
+                    diverged = divergence_message(epoch, "loss", max_loss)
+                    break
+                loss_sum += batch_loss
+            if diverged:
+                break
             train_loss = loss_sum / len(train)
             epoch_metrics = {"train_loss": train_loss, "train_seconds": time.perf_counter() - t0}
             rows += [(epoch, "train", "loss", train_loss), (epoch, "train", "seconds", epoch_metrics["train_seconds"])]
@@ -186,14 +225,17 @@ def fit(
                 t1 = time.perf_counter()
                 metrics = val_metrics(learner, held_out, path=path, chunk=eval_chunk)
                 seconds = time.perf_counter() - t1
+                if not math.isfinite(metrics["MAE"]):
+                    diverged = divergence_message(epoch, "val")
+                    break
                 rows += [(epoch, "val", m, v) for m, v in metrics.items()] + [(epoch, "val", "seconds", seconds)]
                 epoch_metrics.update({f"val_{m}": v for m, v in metrics.items()}, val_seconds=seconds)
-                improved = best_state is None or metrics["MAE"] < best_mae  # later NaN MAEs never improve
+                improved = metrics["MAE"] < best_mae
                 if improved:
                     best_mae, best_val = metrics["MAE"], metrics
-                    best_state, best_opt = _clone_state(learner), copy.deepcopy(opt.state_dict())
             if improved:
                 best_epoch = epoch
+                best_state, best_opt = _clone_state(learner), copy.deepcopy(opt.state_dict())
             bar.set_postfix(epoch=epoch, loss=f"{train_loss:.4f}",
                             **({"val_mae": f"{best_mae:.4f}"} if held_out is not None else {}))
             if callback is not None and callback(epoch, epoch_metrics, learner):
@@ -205,13 +247,14 @@ def fit(
     finally:
         bar.close()
 
-    if best_state is not None and best_epoch != epoch:
+    if diverged or best_epoch != epoch:
         learner.load_state_dict(best_state)
         opt.load_state_dict(best_opt)
     history = pd.DataFrame(rows, columns=HISTORY_COLUMNS).astype({"epoch": "int64", "value": "float64"})
     return FitResult(history=history, best_epoch=best_epoch, epochs_run=epoch, best_val=best_val,
                      optimizer=opt, seconds=time.perf_counter() - start, n_train_users=len(train),
-                     n_val_users=len(held_out) if held_out is not None else 0, stopped_early=stopped_early)
+                     n_val_users=len(held_out) if held_out is not None else 0, stopped_early=stopped_early,
+                     diverged=diverged, diverged_epoch=epoch if diverged else None)
 
 
 def evaluate_learner(learner: MetaLearner, batch: TaskBatch, *, method: str, dataset: str, seed: int,

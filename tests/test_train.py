@@ -329,3 +329,42 @@ def test_meta_learners_beat_the_global_mean_on_movielens():
         result = mae(predict(learner, test))
         print(f"{method}: test MAE {result:.4f} vs global mean {baseline:.4f} ({time.perf_counter() - t0:.1f} s)")
         assert result < baseline, f"{method} {overrides} did not beat the global mean: {result:.4f} ≥ {baseline:.4f}"
+
+
+# -- divergence -----------------------------------------------------------------------------------
+
+def test_a_diverging_run_stops_restores_the_last_healthy_epoch_and_says_so():
+    """A global rate of 1e4 explodes the query loss: fit stops with the event, never a loss value."""
+    learner = _learner("maml", global_lr=1e4, global_optimizer="sgd")
+    initial = {k: v.clone() for k, v in learner.state_dict().items()}
+    result = fit(learner, _data(), epochs=5, seed=0, device="cpu", progress=False)
+    assert result.diverged is not None and result.diverged_epoch is not None
+    assert result.diverged == f"diverged (query loss > 1e6 at epoch {result.diverged_epoch})"
+    assert result.best_epoch < result.diverged_epoch and result.epochs_run == result.diverged_epoch
+    assert set(result.history["epoch"]) == set(range(1, result.diverged_epoch))  # nothing of the diverged epoch
+    assert result.history["value"].map(np.isfinite).all()
+    assert all(torch.isfinite(v).all() for v in learner.state_dict().values())
+    if result.best_epoch == 0:
+        assert _states_equal(learner.state_dict(), initial)
+
+
+def test_a_non_finite_validation_mae_is_divergence_not_a_best_epoch(monkeypatch):
+    """Old bug: a NaN validation MAE in epoch 1 was kept as 'best' and blocked every later epoch."""
+    import mamo_lite.train as train_mod
+
+    real = train_mod.val_metrics
+    calls = iter([{"MAE": float("nan"), "RMSE": float("nan")}])
+    monkeypatch.setattr(train_mod, "val_metrics", lambda *a, **k: next(calls, None) or real(*a, **k))
+    learner = _learner("maml")
+    initial = {k: v.clone() for k, v in learner.state_dict().items()}
+    result = fit(learner, _data(), epochs=3, seed=0, device="cpu", progress=False)
+    assert result.diverged == "diverged (validation predictions not finite at epoch 1)"
+    assert result.best_epoch == 0 and _states_equal(learner.state_dict(), initial)
+
+
+def test_healthy_runs_report_no_divergence_and_max_loss_is_validated():
+    result = fit(_learner("maml"), _data(), epochs=2, seed=0, device="cpu", progress=False)
+    assert result.diverged is None and result.diverged_epoch is None and result.best_epoch >= 1
+    for bad in (0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="max_loss"):
+            fit(_learner("maml"), _data(), epochs=1, seed=0, device="cpu", progress=False, max_loss=bad)
