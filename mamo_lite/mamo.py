@@ -28,7 +28,7 @@ from torch.func import grad
 from mamo_lite.data.tasks import TaskBatch
 from mamo_lite.memories import attention, attentive_write_sequence, personal_bias, read
 from mamo_lite.meta.engine import MetaConfig, MetaLearner, Params
-from mamo_lite.models.recommender import EmbeddingRecommender
+from mamo_lite.models.recommender import EmbeddingRecommender, check_range
 from mamo_lite.utils import check_literal_fields
 
 
@@ -57,14 +57,14 @@ class MAMOConfig:
     preference_init: Literal["linear", "normal", "identity"] = "linear"
 
     def __post_init__(self) -> None:
-        if self.n_memory < 1:
-            raise ValueError(f"MAMOConfig.n_memory (K) must be ≥ 1, got {self.n_memory}")
-        for name in ("alpha", "beta", "gamma"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"MAMOConfig.{name} is a write rate and must lie in [0, 1], got {v}")
-        if self.tau < 0:
-            raise ValueError(f"MAMOConfig.tau must be ≥ 0, got {self.tau}")
+        check_range(self, "n_memory", 1, integer=True, symbol="K")
+        for name in ("alpha", "beta", "gamma"):  # write rates of Eqs. 5, 6, 8
+            check_range(self, name, 0.0, 1.0, symbol={"alpha": "α", "beta": "β", "gamma": "γ"}[name])
+        check_range(self, "tau", 0.0, symbol="τ")
+        check_range(self, "gradient_init_std", 0.0)
+        for name in ("use_bias", "use_preference"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"MAMOConfig.{name} must be True or False, got {getattr(self, name)!r}")
         check_literal_fields(self)
 
     @classmethod

@@ -24,7 +24,13 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from mamo_lite.data.tasks import TaskBatch, tree_index
-from mamo_lite.models.recommender import GROUPS, EmbeddingRecommender, prediction_from_output, rating_loss
+from mamo_lite.models.recommender import (
+    GROUPS,
+    EmbeddingRecommender,
+    check_range,
+    prediction_from_output,
+    rating_loss,
+)
 from mamo_lite.utils import check_literal_fields
 
 Path = Literal["vmap", "loop"]
@@ -56,14 +62,12 @@ class MetaConfig:
         bad = set(self.local_groups) - set(GROUPS)
         if bad:
             raise ValueError(f"MetaConfig.local_groups has unknown group(s) {sorted(bad)}; choose from {GROUPS}")
-        if not (self.local_lr >= 0 and self.local_lr == self.local_lr):
-            raise ValueError(f"MetaConfig.local_lr (ρ) must be ≥ 0, got {self.local_lr}")
-        if not (self.global_lr > 0):
-            raise ValueError(f"MetaConfig.global_lr (λ) must be > 0, got {self.global_lr}")
-        if self.inner_steps < 0:
-            raise ValueError(f"MetaConfig.inner_steps must be ≥ 0, got {self.inner_steps}")
-        if self.users_per_batch < 1:
-            raise ValueError(f"MetaConfig.users_per_batch must be ≥ 1, got {self.users_per_batch}")
+        check_range(self, "local_lr", 0.0, symbol="ρ")
+        check_range(self, "global_lr", 0.0, strict=True, symbol="λ")
+        check_range(self, "inner_steps", 0, integer=True)
+        check_range(self, "users_per_batch", 1, integer=True)
+        if not isinstance(self.first_order, bool):
+            raise TypeError(f"MetaConfig.first_order must be True or False, got {self.first_order!r}")
         check_literal_fields(self)
 
     def to_dict(self) -> dict:

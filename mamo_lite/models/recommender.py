@@ -21,7 +21,8 @@ group          parameters                             paper
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 import torch
@@ -59,13 +60,17 @@ class RecommenderConfig:
     output_bias_init: Literal["midpoint", "zero"] = "midpoint"
 
     def __post_init__(self) -> None:
-        if self.embed_dim < 1:
-            raise ValueError(f"RecommenderConfig.embed_dim must be ≥ 1, got {self.embed_dim}")
-        if self.tower_layers < 0:
-            raise ValueError(f"RecommenderConfig.tower_layers must be ≥ 0, got {self.tower_layers}")
+        check_range(self, "embed_dim", 1, integer=True)
+        check_range(self, "tower_layers", 0, integer=True)
+        if self.field_dim is not None:
+            check_range(self, "field_dim", 1, integer=True)
+        widths = self.decision_hidden
+        if widths is not None and (not isinstance(widths, tuple) or not widths or not all(
+                isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)):
+            raise ValueError(f"RecommenderConfig.decision_hidden must be None or a non-empty tuple of layer "
+                             f"widths ≥ 1, e.g. (64, 64); got {widths!r}")
+        check_range(self, "negative_slope", 0.0)
         check_literal_fields(self)
-        if self.field_dim is not None and self.field_dim < 1:
-            raise ValueError(f"RecommenderConfig.field_dim must be positive, got {self.field_dim}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -78,6 +83,36 @@ class RecommenderConfig:
         if d.get("decision_hidden") is not None:
             d["decision_hidden"] = tuple(d["decision_hidden"])
         return cls(**d)
+
+
+def check_range(config: object, name: str, low: float | None = None, high: float | None = None, *,
+                strict: bool = False, integer: bool = False, symbol: str = "") -> None:
+    """Check that ``config.<name>`` is a finite number (an integer if ``integer``) within the bounds.
+
+    ``low`` is inclusive unless ``strict``; ``high`` is inclusive. Raises a ``TypeError`` (wrong
+    type) or ``ValueError`` (out of range, NaN, ±inf) naming the class, the field (and its paper
+    ``symbol``), the valid range, the value given and the field's default. Every configuration
+    dataclass of the package checks its numbers with it.
+    """
+    value = getattr(config, name)
+    cls = type(config).__name__
+    label = f"{cls}.{name}" + (f" ({symbol})" if symbol else "")
+    default = next((f.default for f in fields(config) if f.name == name), None)
+    hint = f" (the default is {default!r})" if default is not None else ""
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
+        raise TypeError(f"{label} must be {kind}, got {value!r} of type {type(value).__name__}{hint}")
+    if low is not None and high is not None:
+        bounds = f"in [{low:g}, {high:g}]"
+    elif low is not None:
+        bounds = f"{'>' if strict else '≥'} {low:g}"
+    else:
+        bounds = f"≤ {high:g}"
+    too_low = low is not None and (value <= low if strict else value < low)
+    too_high = high is not None and value > high
+    if not math.isfinite(value) or too_low or too_high:
+        finite = "" if integer else " and finite"
+        raise ValueError(f"{label} must be {bounds}{finite}, got {value!r}{hint}")
 
 
 def _tower_widths(n_in: int, d_out: int, layers: int) -> list[int]:

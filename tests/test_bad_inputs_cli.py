@@ -1,0 +1,78 @@
+"""Bad inputs and faults of the command line, the checkpoints and the configurations (issue 10).
+
+Each test marked ``bad_input`` failed before its fix; the marks' ``case``/``handling`` sentences are
+the book's published list of bad inputs. Training runs use the synthetic dataset at the ``smoke``
+preset (seconds).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from mamo_lite.cli import main
+from mamo_lite.mamo import MAMOConfig
+from mamo_lite.meta.engine import MetaConfig
+from mamo_lite.models.recommender import RecommenderConfig
+
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Processed-data caches go to a temporary folder, not the user's home."""
+    monkeypatch.setenv("MAMO_LITE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:
+    """``main(args)`` in-process: (exit status, stdout, stderr); argparse's exits are caught."""
+    try:
+        code = main(args)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+SMOKE = ["--dataset", "synthetic", "--preset", "smoke", "--device", "cpu"]
+
+
+def train(method: str, out, *extra: str) -> list[str]:
+    return ["train", "--method", method, *SMOKE, "--out", str(out), *extra]
+
+
+# -- A: non-finite and out-of-range hyper-parameters ------------------------------------------------
+
+@pytest.mark.bad_input(case="a learning rate, write rate, τ or init scale that is inf or NaN",
+                       handling="refused: the error names the field, its valid range and its default")
+@pytest.mark.parametrize("cls, field, value", [
+    (MetaConfig, "local_lr", INF), (MetaConfig, "global_lr", INF), (MetaConfig, "global_lr", NAN),
+    (MAMOConfig, "tau", INF), (MAMOConfig, "tau", NAN), (MAMOConfig, "alpha", INF),
+    (MAMOConfig, "gradient_init_std", NAN), (MAMOConfig, "gradient_init_std", -0.1),
+    (RecommenderConfig, "negative_slope", NAN),
+])
+def test_non_finite_hyper_parameters_are_refused(cls, field, value):
+    with pytest.raises(ValueError, match=rf"{cls.__name__}\.{field}.* must be .*finite.*default"):
+        cls(**{field: value})
+
+
+@pytest.mark.bad_input(case="a zero or negative layer width in decision_hidden, or an empty decision_hidden",
+                       handling="refused before any network is built: the error names the field")
+@pytest.mark.parametrize("field, value", [
+    ("decision_hidden", (64, -3)), ("decision_hidden", (0,)), ("decision_hidden", ()),
+])
+def test_non_positive_widths_are_refused(field, value):
+    with pytest.raises(ValueError, match=f"RecommenderConfig.{field}"):
+        RecommenderConfig(**{field: value})
+
+
+@pytest.mark.bad_input(case="--set global_lr=1e999 (parsed as inf) or --set decision_hidden=64,-3",
+                       handling="exit 2 before training, naming the field and its valid range")
+@pytest.mark.parametrize("setting, message", [
+    ("global_lr=1e999", "MetaConfig.global_lr (λ) must be > 0 and finite, got inf"),
+    ("local_lr=1e999", "MetaConfig.local_lr (ρ) must be ≥ 0 and finite, got inf"),
+    ("decision_hidden=64,-3", "RecommenderConfig.decision_hidden must be"),
+])
+def test_cli_refuses_non_finite_and_negative_settings(setting, message, tmp_path, capsys):
+    code, out, err = run(train("mamo", tmp_path / "run", "--set", setting), capsys)
+    assert code == 2, (out, err)
+    assert message in err and "Traceback" not in err and "training" not in out
