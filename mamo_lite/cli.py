@@ -20,9 +20,11 @@ import math
 import os
 import sys
 import time
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -91,6 +93,8 @@ def parse_value(text: str) -> Any:
         return False
     if low in ("none", "null"):
         return None
+    if low in ("nan", "inf", "+inf", "-inf", "infinity", "-infinity"):
+        return float(low)  # a number, so that the configuration refuses it by name
     try:
         value = ast.literal_eval(text.strip())
     except (ValueError, SyntaxError):
@@ -100,50 +104,97 @@ def parse_value(text: str) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    """Check ``value`` against the type of the default of ``key`` (ints widen to floats, scalars to tuples)."""
-    def bad(kind: str) -> CLIError:
-        return CLIError(f"--set {key}={value!r}: expected {kind} (default {default!r})")
+def _describe(hint: Any) -> str:
+    """A field annotation in words: ``float`` → "a number", ``tuple[int, ...] | None`` → "none or ..."."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(["none" if a is type(None) else _describe(a) for a in args])
+    if origin is tuple:
+        return "a comma-separated list of integers, e.g. 64,64" if args[0] is int else "a comma-separated list of names"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a word"}.get(hint, str(hint))
 
-    if default is None:
+
+def _coerce_to(value: Any, hint: Any) -> Any:
+    """``value`` converted to the annotation ``hint``; raises ``ValueError`` if it does not fit."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        if value in args:
+            return value
+    elif origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is not type(None):
+                try:
+                    return _coerce_to(value, a)
+                except ValueError:
+                    pass
+    elif origin is tuple:
+        items = value if isinstance(value, tuple) else (value,)
+        return tuple(_coerce_to(v, args[0]) for v in items)
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, float) and value.is_integer() and math.isfinite(value):  # 1e5
+            return int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:
         return value
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad("a number")
-        return float(value)
-    if isinstance(default, tuple):
-        return value if isinstance(value, tuple) else (value,)
-    if isinstance(default, str) and not isinstance(value, str):
-        raise bad("a string")
-    return value
+    raise ValueError(value)
+
+
+def _format_value(value: Any) -> str:
+    """A value as it would be typed after ``--set key=``."""
+    if isinstance(value, tuple):
+        return ",".join(map(_format_value, value))
+    return {None: "none", True: "true", False: "false"}.get(value, str(value)) if not isinstance(value, float) \
+        else f"{value:g}"
+
+
+def _config_fields(method: str, dataset: str) -> dict[str, tuple[Any, Any]]:
+    """``{key: (annotation, default)}`` of every hyper-parameter ``method`` has on ``dataset``."""
+    from mamo_lite.meta.methods import method_configs
+
+    out: dict[str, tuple[Any, Any]] = {}
+    for cfg in method_configs(method, dataset).values():
+        if cfg is not None:
+            hints = typing.get_type_hints(type(cfg))
+            out.update({f.name: (hints[f.name], getattr(cfg, f.name)) for f in dataclasses.fields(cfg)})
+    return out
 
 
 def parse_overrides(pairs: Sequence[str], method: str, dataset: str) -> dict[str, Any]:
-    """``["local_lr=0.05", ...]`` → ``{"local_lr": 0.05}``, typed like the method's defaults."""
-    from mamo_lite.meta.methods import method_configs
+    """``["local_lr=0.05", ...]`` → ``{"local_lr": 0.05}``, typed by the configuration fields' annotations.
 
-    defaults: dict[str, Any] = {}
-    for cfg in method_configs(method, dataset).values():
-        if cfg is not None:
-            defaults.update({f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
+    A value that does not fit its field raises a :class:`CLIError` naming the key, the expected type
+    (the options of a ``Literal`` field), the value given and the method's default.
+    """
+    known = _config_fields(method, dataset)
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         key = key.strip()
         if not sep or not key:
             raise CLIError(f"--set expects key=value, got {pair!r}")
-        if key not in defaults:
-            raise CLIError(f"--set {key}: unknown hyper-parameter for {method}; known: {', '.join(sorted(defaults))} "
+        if key not in known:
+            raise CLIError(f"--set {key}: unknown hyper-parameter for {method}; known: {', '.join(sorted(known))} "
                            "(see `mamo-lite methods`)")
-        out[key] = _coerce(key, parse_value(text), defaults[key])
+        hint, default = known[key]
+        try:
+            out[key] = _coerce_to(parse_value(text), hint)
+        except ValueError:
+            raise CLIError(f"--set {key}={text.strip()}: {key} expects {_describe(hint)}; "
+                           f"{method}'s default is {key}={_format_value(default)}") from None
     return out
 
 

@@ -7,6 +7,8 @@ preset (seconds).
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from mamo_lite.cli import main
@@ -76,3 +78,28 @@ def test_cli_refuses_non_finite_and_negative_settings(setting, message, tmp_path
     code, out, err = run(train("mamo", tmp_path / "run", "--set", setting), capsys)
     assert code == 2, (out, err)
     assert message in err and "Traceback" not in err and "training" not in out
+
+
+# -- H: --set values of the wrong type ----------------------------------------------------------------
+
+@pytest.mark.bad_input(case="--set with a value of the wrong type (decision_hidden=abc, field_dim=abc, preference=5)",
+                       handling="exit 2 naming the key, the expected type or options, the value and the default")
+@pytest.mark.parametrize("setting, message", [
+    ("decision_hidden=abc", ("--set decision_hidden=abc: decision_hidden expects a comma-separated list of "
+                            "integers, e.g. 64,64 or none; mamo's default is decision_hidden=none")),
+    ("field_dim=abc", "--set field_dim=abc: field_dim expects an integer or none"),
+    ("preference=5", ("--set preference=5: preference expects one of paper, code, none; "
+                     "mamo's default is preference=paper")),
+    ("use_bias=maybe", "--set use_bias=maybe: use_bias expects true or false; mamo's default is use_bias=true"),
+])
+def test_set_type_errors_name_key_type_value_and_options(setting, message, tmp_path, capsys):
+    code, out, err = run(train("mamo", tmp_path / "run", "--set", setting), capsys)
+    assert code == 2, (out, err)
+    assert message in err and "Traceback" not in err
+
+
+def test_set_accepts_integral_floats_and_reads_nan_as_a_number():
+    from mamo_lite.cli import parse_overrides
+
+    assert parse_overrides(["embed_dim=1e2", "tau=0.2"], "mamo", "synthetic") == {"embed_dim": 100, "tau": 0.2}
+    assert math.isnan(parse_overrides(["tau=nan"], "mamo", "synthetic")["tau"])  # the config then refuses it
