@@ -61,6 +61,10 @@ what a checkpoint contains:
 """
 
 
+MEMORY_ENV = "MAMO_LITE_MAX_MEMORY_GIB"
+DEFAULT_MAX_MEMORY_GIB = 16.0
+
+
 class CLIError(Exception):
     """A user error: printed as ``mamo-lite: error: ...`` with exit status 2."""
 
@@ -74,6 +78,29 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+SEED_MAX = 2**32 - 1  # NumPy's seed range; torch accepts it too
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"a seed must lie in [0, {SEED_MAX}] (2**32 - 1), got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return value
 
 
@@ -231,7 +258,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", default="book", choices=list(PRESETS),
                    help="run size: users and epochs (default: book)")
     t.add_argument("--epochs", type=_positive_int, help="override the preset's number of epochs")
-    t.add_argument("--seed", type=_int, default=0, help="seed for initialisation, splits and shuffles (default: 0)")
+    t.add_argument("--seed", type=_seed, default=0,
+                   help="seed for initialisation, splits and shuffles, 0 … 2**32-1 (default: 0)")
     t.add_argument("--device", default="auto",
                    help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")
     t.add_argument("--path", choices=("vmap", "loop"), default="vmap",
@@ -240,6 +268,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a hyper-parameter, e.g. --set local_lr=0.05 --set inner_steps=3 "
                         "(repeatable; see `mamo-lite methods` for the keys)")
     t.add_argument("--out", metavar="DIR", help="output folder (default: runs/METHOD-DATASET-seedSEED)")
+    t.add_argument("--max-memory", type=_positive_float, metavar="GIB",
+                   help="refuse a network whose estimated training memory exceeds GIB gibibytes (default: "
+                        f"${MEMORY_ENV}, else {DEFAULT_MAX_MEMORY_GIB:g})")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show progress bars (default: only in a terminal)")
     data_options(t)
@@ -268,7 +299,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "users per split, warm/cold users, scenario counts and files.",
                        epilog=DATA_HELP)
     d.add_argument("dataset", choices=DATASETS, metavar="DATASET", help=f"one of {', '.join(DATASETS)}")
-    d.add_argument("--seed", type=_int, default=0, help="protocol seed (default: 0)")
+    d.add_argument("--seed", type=_seed, default=0, help="protocol seed, 0 … 2**32-1 (default: 0)")
     data_options(d)
     return parser
 
@@ -309,6 +340,51 @@ def _load_data(name: str, data_dir: str | None, *, seed: int, download: bool):
         raise CLIError(str(e)) from None
 
 
+def training_memory_bytes(learner) -> int:
+    """An estimate of the memory meta-training ``learner`` needs, from its shapes alone.
+
+    Parameters and buffers (MAMO's memories), once more for the gradients, twice more for Adam's
+    moments, and per user of a meta-batch a copy of the locally adapted parameters for each inner
+    step plus the query pass. Activations are left out (small next to the embedding tables). Works
+    on a learner built on the ``meta`` device, so nothing is allocated.
+    """
+    def nbytes(tensors) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    params = dict(learner.model.named_parameters())
+    state = nbytes(learner.state_dict().values())
+    cfg = learner.config
+    moments = 2 if cfg.global_optimizer == "adam" else 0
+    local = nbytes(params[n] for n in learner.local_names())
+    return state + (1 + moments) * nbytes(params.values()) + cfg.users_per_batch * (cfg.inner_steps + 1) * 2 * local
+
+
+def _preflight(method: str, spec, dataset: str, overrides: dict, limit_gib: float | None):
+    """Validate the configuration and refuse a network too big for the memory limit, allocating nothing."""
+    import torch
+
+    from mamo_lite.meta.methods import build_learner
+
+    try:
+        with torch.device("meta"):
+            probe = build_learner(method, spec, dataset, overrides=overrides)
+    except (ValueError, TypeError) as e:  # the configs validate themselves
+        raise CLIError(f"invalid hyper-parameters: {e}") from None
+    if limit_gib is None:
+        text = os.environ.get(MEMORY_ENV, "").strip()
+        try:
+            limit_gib = _positive_float(text) if text else DEFAULT_MAX_MEMORY_GIB
+        except argparse.ArgumentTypeError as e:
+            raise CLIError(f"${MEMORY_ENV}: {e}") from None
+    need = training_memory_bytes(probe)
+    if need > limit_gib * 2**30:
+        n_params = sum(p.numel() for p in probe.parameters())
+        raise CLIError(f"this network would need about {need / 2**30:.3g} GiB to train ({n_params:,} parameters "
+                       f"with embed_dim={probe.model.config.embed_dim}), over the limit of {limit_gib:g} GiB; lower "
+                       f"embed_dim/field_dim/decision_hidden or users_per_batch, or raise the limit with "
+                       f"--max-memory GIB (or ${MEMORY_ENV})")
+
+
 def _scenario_table(metrics: pd.DataFrame) -> pd.DataFrame:
     from mamo_lite.data.tasks import SCENARIOS
 
@@ -345,11 +421,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     data = _load_data(args.dataset, args.data_dir, seed=args.seed, download=args.download)
     loaded = time.perf_counter()
+    _preflight(args.method, data.spec, args.dataset, overrides, args.max_memory)
     seed_everything(args.seed)
-    try:
-        learner = build_learner(args.method, data.spec, args.dataset, overrides=overrides)
-    except (ValueError, TypeError) as e:  # the configs validate themselves
-        raise CLIError(f"invalid hyper-parameters: {e}") from None
+    learner = build_learner(args.method, data.spec, args.dataset, overrides=overrides)
 
     print(f"training {args.method} on {args.dataset} ({size.name} preset, {epochs} epoch(s), seed {args.seed}, "
           f"device {device}, {args.path} path)", flush=True)

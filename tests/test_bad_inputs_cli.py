@@ -103,3 +103,33 @@ def test_set_accepts_integral_floats_and_reads_nan_as_a_number():
 
     assert parse_overrides(["embed_dim=1e2", "tau=0.2"], "mamo", "synthetic") == {"embed_dim": 100, "tau": 0.2}
     assert math.isnan(parse_overrides(["tau=nan"], "mamo", "synthetic")["tau"])  # the config then refuses it
+
+
+# -- G: out-of-range numbers that used to crash ----------------------------------------------------------
+
+@pytest.mark.bad_input(case="a negative seed or one above 2**32 - 1 (--seed -1, --seed 2**64)",
+                       handling="exit 2: a seed must lie in [0, 2**32 - 1]")
+@pytest.mark.parametrize("seed", ["-1", str(2**64)])
+@pytest.mark.parametrize("command", ["train", "data"])
+def test_seed_out_of_range_exits_2(command, seed, tmp_path, capsys):
+    args = train("maml", tmp_path / "run", "--seed", seed) if command == "train" else ["data", "synthetic", "--seed", seed]
+    code, out, err = run(args, capsys)
+    assert code == 2, (out, err)
+    assert "a seed must lie in [0, 4294967295]" in err and "Traceback" not in err
+
+
+@pytest.mark.bad_input(case="a network too big for memory, e.g. --set embed_dim=100000 (≈ 10⁵ GiB)",
+                       handling="exit 2 before allocating: the estimated GiB, the limit, and --max-memory to raise it")
+def test_a_network_too_big_is_refused_before_allocation(tmp_path, capsys):
+    code, out, err = run(train("mamo", tmp_path / "run", "--set", "embed_dim=100000"), capsys)
+    assert code == 2, (out, err)
+    assert "GiB to train" in err and "over the limit of 16 GiB" in err and "--max-memory" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_memory_limit_comes_from_the_flag_or_the_environment(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MAMO_LITE_MAX_MEMORY_GIB", "0.001")
+    code, _, err = run(train("maml", tmp_path / "run"), capsys)
+    assert code == 2 and "over the limit of 0.001 GiB" in err
+    code, _, err = run(train("maml", tmp_path / "run", "--max-memory", "4"), capsys)  # the flag wins
+    assert code == 0, err
