@@ -30,7 +30,7 @@ import torch
 
 from mamo_lite.data.tasks import FeatureSpec
 from mamo_lite.meta.engine import MetaConfig, MetaLearner, make_optimizer
-from mamo_lite.meta.methods import build_learner, learner_configs
+from mamo_lite.meta.methods import METHODS, build_learner, learner_configs
 from mamo_lite.models.recommender import RecommenderConfig
 from mamo_lite.train import HISTORY_COLUMNS
 from mamo_lite.utils import atomic_torch_save, json_safe, resolve_device, versions
@@ -120,6 +120,48 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return obj
 
 
+_REQUIRED = ("method", "dataset", "configs", "spec", "state_dict", "epoch", "seed")
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _rebuild(obj: dict[str, Any], where: str) -> tuple[MetaLearner, FeatureSpec, dict[str, Any]]:
+    """The learner a checkpoint describes, with its weights; every inconsistency is a ``CheckpointError``."""
+    missing = [k for k in _REQUIRED if k not in obj]
+    if missing:
+        raise CheckpointError(f"{where} is incomplete: it has no {', '.join(missing)} (damaged or edited); retrain it")
+    method = obj["method"]
+    if method not in METHODS:
+        raise CheckpointError(f"{where} was saved for the method {method!r}, which this mamo_lite does not know "
+                              f"(it knows {', '.join(METHODS)}); load it with the mamo_lite version that wrote it")
+    try:
+        spec = FeatureSpec.from_dict(obj["spec"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{where} has an unreadable feature spec ({_first_line(e)}); retrain it") from None
+    try:
+        configs = _configs_from_dict(obj["configs"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{where} has invalid configurations ({_first_line(e)}); retrain it") from None
+    if (configs["mamo"] is not None) != (method == "mamo"):
+        raise CheckpointError(f"{where} says its method is {method!r} but holds "
+                              f"{'a' if configs['mamo'] is not None else 'no'} MAMO memory configuration; "
+                              "the file was edited or mixed up, retrain it")
+    try:
+        learner = build_learner(method, spec, obj["dataset"], configs=configs)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{where}: its {method} network cannot be rebuilt ({_first_line(e)})") from None
+    try:
+        learner.load_state_dict(obj["state_dict"], strict=True)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:3]) or _first_line(e)
+        raise CheckpointError(f"{where}: its weights do not fit the {method} network its configuration and "
+                              f"feature spec describe ({detail[:300]}); the file was edited or mixed up") from None
+    return learner, spec, configs
+
+
 def load_checkpoint(path: str | os.PathLike,
                     device: str | torch.device = "cpu") -> tuple[MetaLearner, dict[str, Any]]:
     """Rebuild the learner saved at ``path`` on ``device``; returns ``(learner, info)``.
@@ -130,18 +172,33 @@ def load_checkpoint(path: str | os.PathLike,
     (a DataFrame), ``data_provenance``, ``seed``, ``versions``, ``extra``, ``path``, and
     ``optimizer``: a fresh ``make_optimizer(learner)`` with the saved state loaded (None if none
     was saved).
+
+    Raises a :class:`CheckpointError` saying what is wrong for any file that is missing, is not a
+    checkpoint, or does not hold a consistent one (an unknown method, configurations that fail
+    validation, weights that do not fit the network the configurations describe, an optimiser
+    state of another shape, ...): never a traceback from deep inside PyTorch.
     """
     obj = read_checkpoint(path)
-    spec = FeatureSpec.from_dict(obj["spec"])
-    configs = _configs_from_dict(obj["configs"])
-    learner = build_learner(obj["method"], spec, obj["dataset"], configs=configs)
-    learner.load_state_dict(obj["state_dict"], strict=True)
+    where = repr(str(path))
+    learner, spec, configs = _rebuild(obj, where)
     learner.to(resolve_device(device))
     optimizer = None
     if obj.get("optimizer") is not None:
         optimizer = make_optimizer(learner)  # after .to(device): the state follows the parameters
-        optimizer.load_state_dict(obj["optimizer"])
-    history = pd.DataFrame(obj["history"], columns=HISTORY_COLUMNS).astype({"value": "float64"})
-    info = {k: obj[k] for k in ("method", "dataset", "epoch", "data_provenance", "seed", "versions", "extra")}
+        try:
+            optimizer.load_state_dict(obj["optimizer"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{where}: its optimiser state does not fit its {obj['method']} learner "
+                                  f"({_first_line(e)}); the file was edited or mixed up") from None
+    try:
+        history = pd.DataFrame(obj.get("history") or [], columns=HISTORY_COLUMNS).astype({"value": "float64"})
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where} has an unreadable history ({_first_line(e)})") from None
+    info = {k: obj.get(k) for k in ("method", "dataset", "epoch", "data_provenance", "seed", "versions", "extra")}
+    for key, kind in (("epoch", int), ("seed", int), ("data_provenance", dict), ("extra", dict)):
+        info[key] = {} if info[key] is None and kind is dict else info[key]
+        if not isinstance(info[key], kind) or isinstance(info[key], bool):
+            raise CheckpointError(f"{where}: its field {key!r} is a {type(info[key]).__name__}, not a "
+                                  f"{kind.__name__} (damaged or edited); retrain it")
     info.update(spec=spec, configs=configs, history=history, optimizer=optimizer, path=str(path))
     return learner, info

@@ -8,9 +8,12 @@ preset (seconds).
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
+import torch
 
+from mamo_lite.checkpoint import CheckpointError, load_checkpoint
 from mamo_lite.cli import main
 from mamo_lite.mamo import MAMOConfig
 from mamo_lite.meta.engine import MetaConfig
@@ -133,3 +136,68 @@ def test_the_memory_limit_comes_from_the_flag_or_the_environment(tmp_path, capsy
     assert code == 2 and "over the limit of 0.001 GiB" in err
     code, _, err = run(train("maml", tmp_path / "run", "--max-memory", "4"), capsys)  # the flag wins
     assert code == 0, err
+
+
+# -- C: mismatched or tampered checkpoints ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def maml_run(tmp_path_factory):
+    """A smoke-size MAML run on synthetic data: its folder holds checkpoint.pt and metrics.json."""
+    out = tmp_path_factory.mktemp("maml-run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MAMO_LITE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        assert main(train("maml", out, "--no-progress")) == 0
+    return out
+
+
+def _tampered(src, dst, edit) -> str:
+    obj = torch.load(src / "checkpoint.pt", weights_only=True)
+    edit(obj)
+    torch.save(obj, dst)
+    return str(dst)
+
+
+def _set(*keys_and_value):
+    *keys, value = keys_and_value
+
+    def edit(obj):
+        for k in keys[:-1]:
+            obj = obj[k]
+        obj[keys[-1]] = value
+    return edit
+
+
+def _drop_weight(obj):
+    obj["state_dict"].pop(next(iter(obj["state_dict"])))
+
+
+def _wider_net(obj):
+    obj["configs"]["model"]["embed_dim"] += 1
+
+
+def _drop(key):
+    return lambda obj: obj.pop(key)
+
+
+@pytest.mark.bad_input(case="a checkpoint that was edited or mixed up (unknown method, wrong configuration, weights "
+                            "of another network, missing fields)",
+                       handling="exit 2 with one CheckpointError saying what does not fit")
+@pytest.mark.parametrize("edit, message", [
+    (_set("method", "sgd"), "saved for the method 'sgd', which this mamo_lite does not know"),
+    (_set("method", "mamo"), "says its method is 'mamo' but holds no MAMO memory configuration"),
+    (_wider_net, "its weights do not fit the maml network"),
+    (_drop_weight, "its weights do not fit the maml network"),
+    (_set("configs", "meta", "local_lr", -1.0), "has invalid configurations (MetaConfig.local_lr"),
+    (_set("configs", "model", "colour", "red"), "has invalid configurations"),
+    (_drop("spec"), "is incomplete: it has no spec"),
+    (_set("spec", "user_fields", "gender"), "has an unreadable feature spec"),
+    (_set("optimizer", "param_groups", []), "its optimiser state does not fit"),
+    (_set("extra", "not a dict"), "its field 'extra' is a str, not a dict"),
+])
+def test_tampered_checkpoints_exit_2_with_the_reason(maml_run, edit, message, tmp_path, capsys):
+    path = _tampered(maml_run, tmp_path / "edited.pt", edit)
+    code, out, err = run(["evaluate", path, "--device", "cpu"], capsys)
+    assert code == 2, (out, err)
+    assert message in err and "Traceback" not in err
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        load_checkpoint(path)
