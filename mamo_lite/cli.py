@@ -315,6 +315,23 @@ def _data_identity(provenance: dict | None) -> Any:
     return ident
 
 
+def _spec_mismatch(trained, data, dataset: str) -> str | None:
+    """How the feature spec a checkpoint was trained on differs from the data's, in words (None: it fits)."""
+    if (trained.rating_min, trained.rating_max) != (data.rating_min, data.rating_max):
+        return (f"the checkpoint was trained on {dataset} ratings {trained.rating_min:g}–{trained.rating_max:g}; "
+                f"the data's ratings are {data.rating_min:g}–{data.rating_max:g}")
+    for side in ("user", "item"):
+        mine, theirs = getattr(trained, f"{side}_fields"), getattr(data, f"{side}_fields")
+        if [(f.name, f.kind) for f in mine] != [(f.name, f.kind) for f in theirs]:
+            return (f"the checkpoint was trained on {dataset} with the {side} fields "
+                    f"{', '.join(f.name for f in mine)}; the data has {', '.join(f.name for f in theirs)}")
+        for a, b in zip(mine, theirs, strict=True):
+            if a.vocab_size != b.vocab_size:
+                return (f"the checkpoint was trained on {dataset} with {a.vocab_size} {a.name} values; "
+                        f"the data has {b.vocab_size}")
+    return None
+
+
 def _write_json(path: Path, obj: dict) -> None:
     atomic_write_text(path, json.dumps(json_safe(obj), indent=2) + "\n")
 
@@ -481,6 +498,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     except CheckpointError as e:
         raise CLIError(str(e)) from None
     data = _load_data(info["dataset"], args.data_dir, seed=info["seed"], download=args.download)
+    mismatch = _spec_mismatch(info["spec"], data.spec, info["dataset"])
+    if mismatch:
+        raise CLIError(f"{mismatch}: the checkpoint does not fit this data (other files, another release or a "
+                       "different --data-dir?); evaluate it on the data it was trained on")
     if _data_identity(info["data_provenance"]) != _data_identity(data.provenance):
         print("warning: the data's provenance differs from the one recorded in the checkpoint "
               "(different files or release); numbers may not be comparable", file=sys.stderr)

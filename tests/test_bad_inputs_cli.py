@@ -201,3 +201,49 @@ def test_tampered_checkpoints_exit_2_with_the_reason(maml_run, edit, message, tm
     assert message in err and "Traceback" not in err
     with pytest.raises(CheckpointError, match=re.escape(message)):
         load_checkpoint(path)
+
+
+# -- D: a checkpoint evaluated on data with another feature spec -----------------------------------------
+
+def _checkpoint_for(spec, path, dataset="synthetic"):
+    from mamo_lite.checkpoint import save_checkpoint
+    from mamo_lite.meta.methods import build_learner
+
+    learner = build_learner("maml", spec, dataset, overrides={"embed_dim": 3, "tower_layers": 1,
+                                                              "decision_hidden": (4,)})
+    save_checkpoint(path, learner, method="maml", dataset=dataset, epoch=1, history=None, data_provenance=None,
+                    seed=0)
+    return str(path)
+
+
+def _synthetic_spec():
+    from mamo_lite.data import load
+
+    return load("synthetic", None, seed=0).spec
+
+
+@pytest.mark.bad_input(case="evaluate on data whose features differ from the checkpoint's (e.g. fewer or more "
+                            "directors, other fields, another rating scale)",
+                       handling="exit 2 naming the field that differs, with both values, before predicting")
+@pytest.mark.parametrize("change, message", [
+    ({"director": 50}, "the checkpoint was trained on synthetic with 50 director values; the data has 126"),
+    ({"director": 1597}, "the checkpoint was trained on synthetic with 1597 director values; the data has 126"),
+    ({"rating_max": 10.0}, "the checkpoint was trained on synthetic ratings 1–10; the data's ratings are 1–5"),
+    ({"rename": "sex"}, "with the user fields sex, age, occupation; the data has gender, age, occupation"),
+])
+def test_evaluate_refuses_data_with_another_feature_spec(change, message, tmp_path, capsys):
+    import dataclasses
+
+    spec = _synthetic_spec()
+    if "director" in change:
+        items = tuple(dataclasses.replace(f, vocab_size=change["director"]) if f.name == "director" else f
+                      for f in spec.item_fields)
+        spec = dataclasses.replace(spec, item_fields=items)
+    elif "rating_max" in change:
+        spec = dataclasses.replace(spec, rating_max=change["rating_max"])
+    else:
+        users = (dataclasses.replace(spec.user_fields[0], name=change["rename"]), *spec.user_fields[1:])
+        spec = dataclasses.replace(spec, user_fields=users)
+    code, out, err = run(["evaluate", _checkpoint_for(spec, tmp_path / "other.pt"), "--device", "cpu"], capsys)
+    assert code == 2, (out, err)
+    assert message in err and "does not fit this data" in err and "Traceback" not in err
