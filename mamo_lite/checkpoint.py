@@ -11,9 +11,12 @@ key                 content
 ``spec``            the ``FeatureSpec`` (vocabulary sizes, rating scale) the network was built for
 ``state_dict``      parameters and buffers (MAMO's memories M_P, M_U, M_{U,I} are buffers)
 ``optimizer``       the global optimiser's state (to resume), or None
-``epoch``           the epoch the weights come from; ``history``: the learning curves
+``epoch``           the epoch the weights come from; ``history``: the learning curves (no timings)
 ``data_provenance`` the data's release and file checksums; ``seed``; ``versions``; ``extra``
 ==================  =============================================================================
+
+Nothing in it depends on the wall clock (epoch timings live in the run's ``metrics.json``), so two
+runs with the same seed on the same machine write byte-identical checkpoints.
 
 Only tensors and plain Python values are stored, so :func:`load_checkpoint` reads with
 ``torch.load(weights_only=True)``: loading a checkpoint runs no pickled code.
@@ -21,6 +24,7 @@ Only tensors and plain Python values are stored, so :func:`load_checkpoint` read
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -46,11 +50,12 @@ class CheckpointError(ValueError):
 
 
 def _history_records(history: pd.DataFrame | list | None) -> list[dict]:
+    """The learning curves without wall-clock rows (``metric == "seconds"``): same seed, same bytes."""
     if history is None:
         return []
     if isinstance(history, pd.DataFrame):
         history = history.to_dict(orient="records")
-    return json_safe(list(history))
+    return json_safe([r for r in history if r.get("metric") != "seconds"])
 
 
 def save_checkpoint(path: str | os.PathLike, learner: MetaLearner, *, method: str, dataset: str,
@@ -70,22 +75,23 @@ def save_checkpoint(path: str | os.PathLike, learner: MetaLearner, *, method: st
                                for i, s in opt_state["state"].items()},
                      "param_groups": opt_state["param_groups"]}
     device = next(learner.parameters()).device
-    obj = {
+    # The plain-Python parts go through JSON: the pickle's memo then never depends on which strings
+    # happen to be the same object in this process (interning, caches), so equal content → equal bytes.
+    plain = json.loads(json.dumps(json_safe({
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "method": method,
         "dataset": dataset,
         "configs": {k: (c.to_dict() if c is not None else None) for k, c in configs.items()},
         "spec": learner.model.spec.to_dict(),
-        "state_dict": state,
-        "optimizer": opt_state,
         "epoch": int(epoch),
         "history": _history_records(history),
-        "data_provenance": json_safe(data_provenance or {}),
+        "data_provenance": data_provenance or {},
         "seed": int(seed),
-        "versions": json_safe(versions(device)),
-        "extra": json_safe(extra or {}),
-    }
+        "versions": versions(device),
+        "extra": extra or {},
+    })))
+    obj = {**plain, "state_dict": state, "optimizer": opt_state}
     return atomic_torch_save(path, obj)
 
 

@@ -7,6 +7,7 @@ preset (seconds).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -247,3 +248,17 @@ def test_evaluate_refuses_data_with_another_feature_spec(change, message, tmp_pa
     code, out, err = run(["evaluate", _checkpoint_for(spec, tmp_path / "other.pt"), "--device", "cpu"], capsys)
     assert code == 2, (out, err)
     assert message in err and "does not fit this data" in err and "Traceback" not in err
+
+
+# -- I: same seed, same checkpoint bytes ---------------------------------------------------------------
+
+@pytest.mark.bad_input(case="two runs with the same seed wrote checkpoints that differ only in wall-clock times",
+                       handling="checkpoints hold no wall-clock fields (timings live in metrics.json): "
+                                "same seed, same bytes")
+def test_same_seed_runs_write_byte_identical_checkpoints(tmp_path, capsys):
+    for name in ("a", "b"):
+        code, _, err = run(train("mamo", tmp_path / name, "--no-progress"), capsys)
+        assert code == 0, err
+    assert (tmp_path / "a" / "checkpoint.pt").read_bytes() == (tmp_path / "b" / "checkpoint.pt").read_bytes()
+    report = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert "wall_seconds" in report and any(r["metric"] == "seconds" for r in report["history"])
