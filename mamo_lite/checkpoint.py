@@ -11,12 +11,13 @@ key                 content
 ``spec``            the ``FeatureSpec`` (vocabulary sizes, rating scale) the network was built for
 ``state_dict``      parameters and buffers (MAMO's memories M_P, M_U, M_{U,I} are buffers)
 ``optimizer``       the global optimiser's state (to resume), or None
-``epoch``           the epoch the weights come from; ``history``: the learning curves (no timings)
+``epoch``           the epoch the weights come from; ``history``: the learning curves
 ``data_provenance`` the data's release and file checksums; ``seed``; ``versions``; ``extra``
 ==================  =============================================================================
 
-Nothing in it depends on the wall clock (epoch timings live in the run's ``metrics.json``), so two
-runs with the same seed on the same machine write byte-identical checkpoints.
+Equal content gives equal bytes: given a history without wall-clock rows (``mamo-lite train`` keeps
+its epoch timings in ``metrics.json``), two runs with the same seed on the same machine write
+byte-identical checkpoints.
 
 Only tensors and plain Python values are stored, so :func:`load_checkpoint` reads with
 ``torch.load(weights_only=True)``: loading a checkpoint runs no pickled code.
@@ -50,12 +51,11 @@ class CheckpointError(ValueError):
 
 
 def _history_records(history: pd.DataFrame | list | None) -> list[dict]:
-    """The learning curves without wall-clock rows (``metric == "seconds"``): same seed, same bytes."""
     if history is None:
         return []
     if isinstance(history, pd.DataFrame):
         history = history.to_dict(orient="records")
-    return json_safe([r for r in history if r.get("metric") != "seconds"])
+    return json_safe(list(history))
 
 
 def save_checkpoint(path: str | os.PathLike, learner: MetaLearner, *, method: str, dataset: str,

@@ -459,8 +459,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     extra = {"preset": size.name, "epochs": epochs, "overrides": overrides, "path": args.path,
              "max_test_users": size.max_test_users, "eval_chunk": size.eval_chunk, "best_val": result.best_val}
+    timeless = result.history[result.history["metric"] != "seconds"]  # timings go to metrics.json only
     save_checkpoint(out / "checkpoint.pt", learner, method=args.method, dataset=args.dataset,
-                    optimizer=result.optimizer, epoch=result.best_epoch, history=result.history,
+                    optimizer=result.optimizer, epoch=result.best_epoch, history=timeless,
                     data_provenance=data.provenance, seed=args.seed, extra=extra)
     report = {
         "command": "train", "method": args.method, "dataset": args.dataset, "seed": args.seed,
