@@ -39,7 +39,8 @@ from mamo_lite.metrics import aggregate
 from mamo_lite.utils import progress as progress_bar
 from mamo_lite.utils import resolve_device, seed_everything
 
-__all__ = ["DIVERGENCE_LOSS", "FitResult", "evaluate_learner", "fit", "subset_users", "val_metrics"]
+__all__ = ["DIVERGENCE_LOSS", "FitResult", "divergence_message", "evaluate_learner", "fit", "shown_loss",
+           "subset_users", "val_metrics"]
 
 HISTORY_COLUMNS = ["epoch", "split", "metric", "value"]
 DIVERGENCE_LOSS = 1e6  # a mean query loss above this (or not finite) means the run has diverged
@@ -80,6 +81,14 @@ def _short_float(x: float) -> str:
     """``1e6`` rather than ``1e+06``: how thresholds read in messages."""
     mantissa, exponent = f"{x:.0e}".split("e")
     return f"{mantissa}e{int(exponent)}"
+
+
+def shown_loss(value: float, digits: int = 3, max_loss: float = DIVERGENCE_LOSS) -> str:
+    """A loss as text: rounded to ``digits`` decimals, or ``"diverged"`` above ``max_loss`` or when not finite.
+
+    Past the threshold the digits are chaotic (they differ between CPUs and runs), so none is shown.
+    """
+    return f"{value:.{digits}f}" if value <= max_loss else "diverged"  # NaN fails the comparison too
 
 
 def divergence_message(epoch: int, what: str, max_loss: float = DIVERGENCE_LOSS) -> str:

@@ -61,12 +61,18 @@ def _mps_available() -> bool:
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """Turn ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"`` into a ``torch.device``.
 
-    ``"auto"`` picks CUDA if available, then Apple MPS, then the CPU. Asking explicitly for an
-    accelerator this machine does not have raises a ``ValueError`` that says so and how to fall back.
+    ``"auto"`` picks CUDA if available, then Apple MPS, then the CPU; ``$MAMO_LITE_DEVICE`` (e.g. ``cpu``),
+    if set, replaces that choice (the book's replay sets it to ``cpu``: GPU numbers differ). Asking
+    explicitly for an accelerator this machine does not have raises a ``ValueError`` that says so and
+    how to fall back.
     """
     if isinstance(device, torch.device):
         device = str(device)
     name = str(device).strip().lower()
+    if name == "auto" and os.environ.get("MAMO_LITE_DEVICE", "").strip():
+        name = os.environ["MAMO_LITE_DEVICE"].strip().lower()
+        if name == "auto":
+            raise ValueError("$MAMO_LITE_DEVICE must name a device ('cpu', 'cuda', 'cuda:N' or 'mps'), not 'auto'")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -368,3 +368,24 @@ def test_healthy_runs_report_no_divergence_and_max_loss_is_validated():
     for bad in (0, -1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="max_loss"):
             fit(_learner("maml"), _data(), epochs=1, seed=0, device="cpu", progress=False, max_loss=bad)
+
+
+def test_mamo_lite_device_replaces_auto_only(monkeypatch):
+    """The book's replay sets $MAMO_LITE_DEVICE=cpu so that DEVICE="auto" cannot pick a GPU."""
+    monkeypatch.setenv("MAMO_LITE_DEVICE", "cpu")
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setenv("MAMO_LITE_DEVICE", "auto")
+    with pytest.raises(ValueError, match="MAMO_LITE_DEVICE"):
+        resolve_device("auto")
+    monkeypatch.setenv("MAMO_LITE_DEVICE", "tpu-ish?")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("auto")
+    assert resolve_device("cpu") == torch.device("cpu")  # an explicit device is never replaced
+
+
+def test_shown_loss_never_prints_a_chaotic_number():
+    from mamo_lite.train import shown_loss
+
+    assert shown_loss(1.23456) == "1.235" and shown_loss(2.0, digits=1) == "2.0"
+    assert shown_loss(1e6) == "1000000.000"
+    assert [shown_loss(v) for v in (1.0000001e6, 4.18e7, float("inf"), float("nan"))] == ["diverged"] * 4
