@@ -61,6 +61,16 @@ what a checkpoint contains:
 """
 
 
+EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
+
+EXIT_HELP = """\
+exit status:
+  0  success
+  2  bad input: a wrong option or value, missing data, an unusable checkpoint, ... (nothing is trained)
+  3  the run diverged (train: the loss exploded, see the message for the likely fix; the checkpoint,
+     if any, holds the last healthy epoch) or the learner's predictions are not finite (evaluate)
+"""
+
 MEMORY_ENV = "MAMO_LITE_MAX_MEMORY_GIB"
 DEFAULT_MAX_MEMORY_GIB = 16.0
 
@@ -235,7 +245,7 @@ def _parser() -> argparse.ArgumentParser:
                "  mamo-lite methods\n"
                "  mamo-lite data movielens-1m\n"
                "  mamo-lite train --method mamo --dataset synthetic --preset smoke --out runs/try\n"
-               "  mamo-lite evaluate runs/try/checkpoint.pt\n\n" + DATA_HELP)
+               "  mamo-lite evaluate runs/try/checkpoint.pt\n\n" + DATA_HELP + "\n" + EXIT_HELP)
     parser.add_argument("--version", action="version", version=f"mamo-lite {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -252,7 +262,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Meta-train METHOD on DATASET (Algorithm 1), keep the epoch with the best validation "
                     "MAE, evaluate it on the test users per scenario (W-W, W-C, C-W, C-C), and write "
                     "OUT/checkpoint.pt and OUT/metrics.json.",
-        epilog=f"methods:\n{methods_text}\n\npresets:\n{presets_text}\n\n{CHECKPOINT_HELP}\n{DATA_HELP}")
+        epilog=f"methods:\n{methods_text}\n\npresets:\n{presets_text}\n\n{CHECKPOINT_HELP}\n{DATA_HELP}\n{EXIT_HELP}")
     t.add_argument("--method", required=True, choices=list(METHOD_HELP), help="which meta-learner")
     t.add_argument("--dataset", required=True, choices=DATASETS, help="which dataset")
     t.add_argument("--preset", default="book", choices=list(PRESETS),
@@ -280,7 +290,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Rebuild the learner saved in CHECKPOINT, predict its dataset's test users after "
                     "local adaptation (Algorithm 2), print MAE, RMSE and NDCG@3 per scenario and write "
                     "them as JSON (default: next to the checkpoint).",
-        epilog=CHECKPOINT_HELP + "\n" + DATA_HELP)
+        epilog=CHECKPOINT_HELP + "\n" + DATA_HELP + "\n" + EXIT_HELP)
     e.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint.pt written by `mamo-lite train`")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     e.add_argument("--path", choices=("vmap", "loop"), default="vmap", help="vmap or per-user loop")
@@ -448,41 +458,56 @@ def _cmd_train(args: argparse.Namespace) -> int:
                  patience=size.patience, max_train_users=size.max_train_users, max_val_users=size.max_val_users,
                  eval_chunk=size.eval_chunk, progress=args.progress)
     trained = time.perf_counter()
-    losses = result.history.query("split == 'train' and metric == 'loss'")["value"]
-    if not losses.map(math.isfinite).all():
-        print(f"warning: the training loss became {losses.iloc[-1]} (the learner diverged); "
-              "try a smaller global learning rate, e.g. --set global_lr=...", file=sys.stderr)
+    diverged = result.diverged
     test = subset_users(data.tasks("test"), size.max_test_users, args.seed)
-    metrics = evaluate_learner(learner, test, method=args.method, dataset=args.dataset, seed=args.seed,
-                               path=args.path, chunk=size.eval_chunk)
+    metrics = None
+    if not diverged or result.best_epoch > 0:
+        metrics = evaluate_learner(learner, test, method=args.method, dataset=args.dataset, seed=args.seed,
+                                   path=args.path, chunk=size.eval_chunk)
     evaluated = time.perf_counter()
 
     extra = {"preset": size.name, "epochs": epochs, "overrides": overrides, "path": args.path,
              "max_test_users": size.max_test_users, "eval_chunk": size.eval_chunk, "best_val": result.best_val}
-    timeless = result.history[result.history["metric"] != "seconds"]  # timings go to metrics.json only
-    save_checkpoint(out / "checkpoint.pt", learner, method=args.method, dataset=args.dataset,
-                    optimizer=result.optimizer, epoch=result.best_epoch, history=timeless,
-                    data_provenance=data.provenance, seed=args.seed, extra=extra)
+    if metrics is not None:  # a run that diverged in its first epoch has nothing worth keeping
+        timeless = result.history[result.history["metric"] != "seconds"]  # timings go to metrics.json only
+        save_checkpoint(out / "checkpoint.pt", learner, method=args.method, dataset=args.dataset,
+                        optimizer=result.optimizer, epoch=result.best_epoch, history=timeless,
+                        data_provenance=data.provenance, seed=args.seed, extra=extra)
     report = {
         "command": "train", "method": args.method, "dataset": args.dataset, "seed": args.seed,
         "device": str(device), "path": args.path, "preset": size.to_dict(), "epochs": epochs,
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
-        "best_val": result.best_val,
+        "diverged": diverged, "best_val": result.best_val,
         "users": {"train": result.n_train_users, "val": result.n_val_users, "test": len(test)},
-        "metrics": metrics.to_dict(orient="records"),
+        "metrics": metrics.to_dict(orient="records") if metrics is not None else [],
         "history": result.history.to_dict(orient="records"),
         "provenance": data.provenance, "release": data.release,
         "configs": {k: (c.to_dict() if c is not None else None) for k, c in learner_configs(learner).items()},
         "overrides": overrides, "versions": versions(device),
         "wall_seconds": {"load": loaded - start, "train": trained - loaded, "evaluate": evaluated - trained,
                          "total": time.perf_counter() - start},
-        "checkpoint": "checkpoint.pt",
+        "checkpoint": "checkpoint.pt" if metrics is not None else None,
     }
     _write_json(out / "metrics.json", report)
-    _print_table(f"\ntest users ({len(test)}), best epoch {result.best_epoch} of {result.epochs_run}:", metrics)
-    print(f"\nwrote {out / 'checkpoint.pt'} and {out / 'metrics.json'} "
+    if metrics is not None:
+        _print_table(f"\ntest users ({len(test)}), best epoch {result.best_epoch} of {result.epochs_run}:", metrics)
+    written = [out / "checkpoint.pt"] if metrics is not None else []
+    print(f"\nwrote {' and '.join(map(str, [*written, out / 'metrics.json']))} "
           f"({report['wall_seconds']['total']:.1f} s)")
+    if diverged:
+        _report_divergence(args.method, learner.config, diverged, result.best_epoch)
+        return EXIT_DIVERGED
     return 0
+
+
+def _report_divergence(method: str, meta, message: str, best_epoch: int) -> None:
+    """What a diverged run tells the user: the event, what was kept, and the likely fix."""
+    kept = (f"the checkpoint holds epoch {best_epoch}, the last healthy one" if best_epoch > 0
+            else "no epoch was healthy, so no checkpoint was written")
+    print(f"mamo-lite train: error: {method} {message}; {kept}.\n"
+          f"  likely fix: smaller learning rates, e.g. --set global_lr={meta.global_lr / 10:g} "
+          f"--set local_lr={meta.local_lr / 10:g} (this run: global_lr={meta.global_lr:g} with "
+          f"{meta.global_optimizer}, local_lr={meta.local_lr:g})", file=sys.stderr)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -506,9 +531,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if _data_identity(info["data_provenance"]) != _data_identity(data.provenance):
         print("warning: the data's provenance differs from the one recorded in the checkpoint "
               "(different files or release); numbers may not be comparable", file=sys.stderr)
+    bad = [name for name, t in learner.state_dict().items() if not bool(t.isfinite().all())]
+    if bad:
+        print(f"mamo-lite evaluate: error: {args.checkpoint} holds non-finite weights ({', '.join(bad[:3])}"
+              f"{', ...' if len(bad) > 3 else ''}), so its predictions would be NaN or inf: the run that wrote it "
+              "diverged; retrain with smaller learning rates (--set global_lr=..., local_lr=...)", file=sys.stderr)
+        return EXIT_DIVERGED
     test = subset_users(data.tasks("test"), info["extra"].get("max_test_users"), info["seed"])
     metrics = evaluate_learner(learner, test, method=info["method"], dataset=info["dataset"], seed=info["seed"],
                                steps=args.steps, path=args.path, chunk=info["extra"].get("eval_chunk", 256))
+    if (metrics["value"].isna() & (metrics["n"] > 0)).any():
+        print(f"mamo-lite evaluate: error: the predictions of {args.checkpoint} on the test users are not finite "
+              f"(after {'its own' if args.steps is None else args.steps} local steps): the adaptation diverges; "
+              "try fewer --steps or retrain with a smaller local_lr", file=sys.stderr)
+        return EXIT_DIVERGED
     ckpt = Path(args.checkpoint)
     out = Path(args.out) if args.out else ckpt.with_name(f"{ckpt.stem}-evaluation.json")
     _write_json(out, {
@@ -570,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except CLIError as e:
         print(f"mamo-lite {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -262,3 +262,44 @@ def test_same_seed_runs_write_byte_identical_checkpoints(tmp_path, capsys):
     assert (tmp_path / "a" / "checkpoint.pt").read_bytes() == (tmp_path / "b" / "checkpoint.pt").read_bytes()
     report = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert "wall_seconds" in report and any(r["metric"] == "seconds" for r in report["history"])
+
+
+# -- B: divergence ------------------------------------------------------------------------------------
+
+@pytest.mark.bad_input(case="a run that diverges after some healthy epochs",
+                       handling="exit 3 with the likely fix; the checkpoint holds the last healthy epoch")
+def test_divergence_after_a_healthy_epoch_keeps_that_epoch(tmp_path, capsys, monkeypatch):
+    import dataclasses
+
+    import mamo_lite.train as train_mod
+
+    real_fit = train_mod.fit
+
+    def fit_that_diverges_in_epoch_2(*args, **kwargs):  # epoch 1 is real and healthy
+        result = real_fit(*args, **{**kwargs, "epochs": 1})
+        return dataclasses.replace(result, diverged="diverged (query loss > 1e6 at epoch 2)", diverged_epoch=2,
+                                   epochs_run=2)
+
+    monkeypatch.setattr(train_mod, "fit", fit_that_diverges_in_epoch_2)
+    code, out, err = run(train("maml", tmp_path / "run", "--epochs", "2"), capsys)
+    assert code == 3, (out, err)
+    assert "maml diverged (query loss > 1e6 at epoch 2)" in err and "epoch 1, the last healthy one" in err
+    assert "--set global_lr=0.0001 --set local_lr=0.001 (this run: global_lr=0.001 with adam, local_lr=0.01)" in err
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")[1]["epoch"] == 1
+    assert "best epoch 1 of 2" in out  # the healthy epoch's test table is shown
+    report = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert report["diverged"].startswith("diverged") and report["checkpoint"] == "checkpoint.pt"
+
+
+@pytest.mark.bad_input(case="evaluate a checkpoint whose weights are NaN or inf",
+                       handling="exit 3: says the predictions would not be finite and the run diverged; no NaN table")
+def test_evaluate_refuses_non_finite_weights(maml_run, tmp_path, capsys):
+    def poison(obj):
+        name = next(iter(obj["state_dict"]))
+        obj["state_dict"][name] = torch.full_like(obj["state_dict"][name], float("nan"))
+
+    path = _tampered(maml_run, tmp_path / "nan.pt", poison)
+    code, out, err = run(["evaluate", path, "--device", "cpu"], capsys)
+    assert code == 3, (out, err)
+    assert "holds non-finite weights" in err and "diverged" in err and "NaN" not in out
+    assert not (tmp_path / "nan-evaluation.json").exists()

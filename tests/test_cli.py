@@ -151,10 +151,14 @@ def test_train_then_evaluate_end_to_end(tmp_path, capsys):
     assert code == 0 and json.loads((tmp_path / "zero.json").read_text())["steps"] == 0
 
 
+@pytest.mark.bad_input(case="learning rates so large that training explodes (e.g. --set global_lr=1e30 with SGD)",
+                       handling="exit 3: the event, the method's current rates and smaller ones to try; no NaN table")
 def test_a_diverged_run_is_reported_not_hidden(tmp_path, capsys):
     code, out, err = run(["train", "--method", "melu", "--dataset", "synthetic", "--preset", "smoke", "--device", "cpu",
                           "--out", str(tmp_path), "--set", "global_optimizer=sgd", "--set", "global_lr=1e30"], capsys)
-    assert code == 0 and "diverged" in err and "global_lr" in err
-    assert "NaN" in out  # the table shows the NaN metrics instead of dropping them
+    assert code == 3 and "diverged (query loss > 1e6 at epoch 1)" in err and "--set global_lr=1e+29" in err
+    assert "NaN" not in out and "MAE" not in out  # no chaotic numbers printed as results
+    assert not (tmp_path / "checkpoint.pt").exists()  # no healthy epoch, nothing worth keeping
     report = json.loads((tmp_path / "metrics.json").read_text())
-    assert any(r["value"] is None for r in report["metrics"])  # NaN is written as JSON null
+    assert report["diverged"] == "diverged (query loss > 1e6 at epoch 1)" and report["metrics"] == []
+    assert report["checkpoint"] is None and report["best_epoch"] == 0
