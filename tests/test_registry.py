@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import zipfile
 from pathlib import Path
 
@@ -282,12 +283,15 @@ def test_book_crossing_mixed_plain_gz(tmp_path: Path) -> None:
 
 
 def test_digest_memo_reuse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dl, "RACY_NS", 0)  # memoise files written a moment ago (see test_racy_files_...)
     path = tmp_path / "f.dat"
     path.write_bytes(b"some content\n")
     digest = sha256_file(path)
     memo = json.loads((cache_dir() / dl.MEMO_NAME).read_text())["entries"]
     entry = memo[str(path.resolve())]
-    assert entry["sha256"] == digest and entry["size"] == 13 and entry["mtime_ns"] == path.stat().st_mtime_ns
+    st = path.stat()
+    assert entry == {"sha256": digest, "bytes": 13, "git_blob": None, "size": 13, "mtime_ns": st.st_mtime_ns,
+                     "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
     assert [p.name for p in cache_dir().iterdir()] == [dl.MEMO_NAME]  # written atomically: no temp left
 
     calls: list[Path] = []
@@ -303,7 +307,6 @@ def test_digest_memo_reuse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert blob == _git_blob_by_hand(b"some content\n") and len(calls) == 1
     assert dl.git_blob_id(path) == blob and len(calls) == 1
 
-    st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # touched: recompute
     assert sha256_file(path) == digest and len(calls) == 2
     path.write_bytes(b"other content\n")  # changed: new digest
@@ -314,7 +317,20 @@ def test_digest_memo_reuse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert json.loads((cache_dir() / dl.MEMO_NAME).read_text())["version"] == 1
 
 
+def test_racy_files_are_not_memoised(tmp_path: Path) -> None:
+    """A file changed just before it was hashed could change again within the same timestamp tick."""
+    path = tmp_path / "f.dat"
+    path.write_bytes(b"some content\n")
+    assert sha256_file(path) == _sha(b"some content\n")
+    assert not (cache_dir() / dl.MEMO_NAME).exists()
+    old = time.time() - 60
+    os.utime(path, (old, old))  # the mtime is old now, but the ctime is not
+    sha256_file(path)
+    assert not (cache_dir() / dl.MEMO_NAME).exists()
+
+
 def test_digest_memo_for_zip_members(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dl, "RACY_NS", 0)
     archive = tmp_path / "a.zip"
     _bx_zip(archive, {"x.csv": b"x\n"})
     assert sha256_file(archive / "x.csv") == _sha(b"x\n")

@@ -16,9 +16,22 @@ resolve it with :func:`split_zip_member`. Read raw files through these functions
 ``open`` or a bare ``pandas.read_csv(path)``.
 
 **Digest memo.** Hashing 100+ MB on every call would be slow, so digests are memoised in
-``cache_dir() / "digests.json"``, keyed by the absolute path and valid only while the file's size
-and ``mtime_ns`` are unchanged. The memo is rewritten atomically; if the cache folder is not
-writable, digests are simply recomputed next time.
+``cache_dir() / "digests.json"``, keyed by the absolute path and valid only while the file's inode,
+``ctime_ns``, size and ``mtime_ns`` are unchanged. ``ctime`` cannot be set by ``touch -r`` or
+``os.utime``, so an edit that keeps the size and resets the modification time is hashed again. A
+file changed less than :data:`RACY_NS` before it was hashed is not memoised (file timestamps are
+coarse, so a later edit within the same tick would leave them all unchanged). The memo is rewritten
+atomically; if the cache folder is not writable, digests are simply recomputed next time.
+
+**Corrupt files.** A ``.gz`` file or zip member whose content cannot be read to the end (bad CRC,
+truncated, not gzip at all) raises :class:`~mamo_lite.data.errors.ChecksumError` naming the file.
+
+**Temporary files.** Every writer here writes ``.<name>.<8 random characters>.part`` (downloads,
+extraction) or ``.tmp`` (the memo, the processed-data cache) beside its target and renames it into
+place. A writer killed outright (SIGKILL, power loss) leaves its temporary file behind: the next
+write into that folder removes such files once they are :data:`STALE_TEMP_AGE_S` old
+(:func:`remove_stale_temp_files`). A live writer's file is younger: downloads time out long before.
+A failed download removes the folders it created, so a mistyped data folder is not left behind.
 """
 
 from __future__ import annotations
@@ -27,13 +40,18 @@ import gzip
 import hashlib
 import http.client
 import json
+import lzma
 import os
+import re
+import stat
 import sys
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -43,6 +61,7 @@ from tqdm import tqdm
 
 from mamo_lite import __version__
 from mamo_lite.data.errors import ChecksumError, DataError, DownloadError
+from mamo_lite.utils import atomic_write_text
 
 __all__ = [
     "Digests",
@@ -53,6 +72,7 @@ __all__ = [
     "file_digests",
     "git_blob_id",
     "open_binary",
+    "remove_stale_temp_files",
     "sha256_file",
     "split_zip_member",
 ]
@@ -62,6 +82,69 @@ CHUNK = 1 << 20
 
 MEMO_NAME = "digests.json"
 _MEMO_LOCK = threading.Lock()
+
+RACY_NS = 2_000_000_000
+"""A file whose ctime or mtime is less than this (ns) before hashing began is not memoised."""
+
+STALE_TEMP_AGE_S = 15 * 60
+"""Our temporary files older than this (by mtime) are leftovers of a killed writer."""
+
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.(?:part|tmp)")  # tempfile.mkstemp(prefix=".<name>.", suffix=...)
+_CORRUPT = (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile, zipfile.BadZipFile)
+"""What reading a damaged ``.gz`` file or zip member raises."""
+
+
+def _corrupt_message(path: Path, err: BaseException) -> str:
+    return (f"{path} is corrupt: its content cannot be read ({type(err).__name__}: {err}). Delete it and "
+            "download or supply a good copy.")
+
+
+# ------------------------------------------------------------------------------- temporary files
+
+
+def remove_stale_temp_files(folder: str | Path, max_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
+    """Delete the temporary files of killed writers in ``folder``; returns what was removed.
+
+    Only regular files named like ours (``.<name>.<8 random characters>.part`` or ``.tmp``) whose
+    modification time is at least ``max_age_s`` old; anything unreadable is left alone.
+    """
+    removed: list[Path] = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not _TEMP_NAME.fullmatch(entry.name):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and now - st.st_mtime >= max_age_s:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            pass
+    return removed
+
+
+def _make_folder(folder: Path) -> list[Path]:
+    """Create ``folder`` and its parents; returns the folders created, deepest first."""
+    created = []
+    p = folder
+    while not p.exists() and p != p.parent:
+        created.append(p)
+        p = p.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 # --------------------------------------------------------------------------------------- location
@@ -152,6 +235,11 @@ def content_size(path: str | Path) -> int:
             return zf.getinfo(member[1]).file_size
     if path.suffix.lower() == ".gz":
         with open(path, "rb") as f:
+            magic = f.read(2)
+            end = f.seek(0, os.SEEK_END)
+            if magic != b"\x1f\x8b" or end < 18:  # 10-byte header + 8-byte trailer at least
+                raise ChecksumError(_corrupt_message(path, gzip.BadGzipFile(
+                    f"not a gzip file ({end} bytes, starts with {magic!r})")))
             f.seek(-4, os.SEEK_END)
             return int.from_bytes(f.read(4), "little")
     return path.stat().st_size
@@ -170,14 +258,15 @@ class Digests:
 
 
 def _memo_key_and_stamp(path: Path) -> tuple[str, dict[str, int]]:
-    """Memo key (absolute path, member appended) and the (size, mtime_ns) stamp of the file on disk."""
+    """Memo key (absolute path, member appended) and the stamp of the file on disk: inode,
+    ``ctime_ns``, size, ``mtime_ns``."""
     member = split_zip_member(path)
     on_disk = member[0] if member is not None else path
     st = on_disk.stat()
     key = str(on_disk.resolve())
     if member is not None:
         key += "/" + member[1]
-    return key, {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return key, {"ino": st.st_ino, "ctime_ns": st.st_ctime_ns, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _memo_load() -> dict[str, dict]:
@@ -196,15 +285,9 @@ def _memo_store(key: str, entry: dict) -> None:
         entries = _memo_load()
         entries[key] = entry
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{MEMO_NAME}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    json.dump({"version": 1, "entries": entries}, f, indent=0, sort_keys=True)
-                os.replace(tmp, folder / MEMO_NAME)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            remove_stale_temp_files(folder)
+            atomic_write_text(folder / MEMO_NAME,
+                              json.dumps({"version": 1, "entries": entries}, indent=0, sort_keys=True))
         except OSError:
             pass
 
@@ -217,12 +300,15 @@ def _hash(path: Path, blob_size: int | None) -> Digests:
         blob = hashlib.sha1(usedforsecurity=False)
         blob.update(b"blob %d\0" % blob_size)
     n = 0
-    with open_binary(path) as f:
-        while chunk := f.read(CHUNK):
-            sha.update(chunk)
-            if blob is not None:
-                blob.update(chunk)
-            n += len(chunk)
+    try:
+        with open_binary(path) as f:
+            while chunk := f.read(CHUNK):
+                sha.update(chunk)
+                if blob is not None:
+                    blob.update(chunk)
+                n += len(chunk)
+    except _CORRUPT as err:
+        raise ChecksumError(_corrupt_message(path, err)) from err
     if blob is not None and n != blob_size:
         raise DataError(f"{path} changed while it was being hashed ({blob_size} then {n} bytes); retry.")
     return Digests(sha.hexdigest(), n, blob.hexdigest() if blob is not None else None)
@@ -235,11 +321,15 @@ def file_digests(path: str | Path, *, git_blob: bool = False, memo: bool = True)
         path: the file (or zip-member path, see the module docstring).
         git_blob: also compute the git blob id, ``sha1(b"blob <size>\\0" + content)``, i.e. what
             ``git hash-object`` prints.
-        memo: read and update the digest memo in :func:`cache_dir` (keyed by absolute path, size
-            and ``mtime_ns``).
+        memo: read and update the digest memo in :func:`cache_dir` (keyed by absolute path, inode,
+            ``ctime_ns``, size and ``mtime_ns``).
+
+    Raises:
+        ChecksumError: the content of a ``.gz`` file or zip member cannot be read (corrupt).
     """
     path = Path(path)
     key, stamp = _memo_key_and_stamp(path)
+    started = time.time_ns()
     entry = _memo_load().get(key) if memo else None
     valid = (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
              and isinstance(entry.get("bytes"), int))
@@ -257,7 +347,8 @@ def file_digests(path: str | Path, *, git_blob: bool = False, memo: bool = True)
         if size is None:  # .gz without a memo entry: count the bytes first
             size = _hash(path, None).nbytes
         digests = _hash(path, size)
-    if memo:
+    settled = max(stamp["ctime_ns"], stamp["mtime_ns"]) < started - RACY_NS
+    if memo and settled and _memo_key_and_stamp(path)[1] == stamp:  # and unchanged while hashed
         _memo_store(key, {**stamp, "sha256": digests.sha256, "bytes": digests.nbytes,
                           "git_blob": digests.git_blob or (entry or {}).get("git_blob")})
     return digests
@@ -307,7 +398,8 @@ def download(
 
     The body is streamed into a temporary file in ``dest``'s folder and renamed onto ``dest`` only
     once its size (``nbytes``, and the server's Content-Length), sha256 and, if given, md5 match.
-    On any failure the temporary file is removed and ``dest`` is untouched.
+    On any failure the temporary file is removed, ``dest`` is untouched and the folders created for
+    it are removed again. Stale temporary files of killed downloads are removed first.
 
     Args:
         url: what to fetch (``http(s)://``; ``file://`` works too).
@@ -328,10 +420,13 @@ def download(
     dest = Path(dest)
     folder = dest.parent
     hint = _manual_hint(url, dest, sha256, nbytes)
+    created: list[Path] = []
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        created = _make_folder(folder)
+        remove_stale_temp_files(folder)
         fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{dest.name}.", suffix=".part")
     except OSError as err:
+        _remove_empty(created)
         raise DownloadError(
             f"Cannot write into {folder} to download {url}: {err}. Choose a writable data folder "
             f"(data_dir= or $MAMO_LITE_DATA). {hint}"
@@ -397,6 +492,7 @@ def download(
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        _remove_empty(created)
         raise
     return dest
 
@@ -466,13 +562,14 @@ def extract_zip(
         targets = {name: _safe_target(dest_dir, name, strip_prefix) for name in names}
         for name, target in targets.items():
             target.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp_files(target.parent)
             fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
             try:
                 with os.fdopen(fd, "wb") as out, zf.open(name) as src:
                     while chunk := src.read(CHUNK):
                         out.write(chunk)
                 os.replace(tmp_name, target)
-            except zipfile.BadZipFile as err:
+            except _CORRUPT as err:
                 Path(tmp_name).unlink(missing_ok=True)
                 raise ChecksumError(
                     f"Member {name!r} of {archive} is corrupt ({err}); delete the archive and download "

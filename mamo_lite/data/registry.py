@@ -50,7 +50,7 @@ from mamo_lite.data.download import (
     sha256_file,
     split_zip_member,
 )
-from mamo_lite.data.errors import ChecksumError, DataError, MissingDataError
+from mamo_lite.data.errors import ChecksumError, DataError, DownloadError, MissingDataError
 from mamo_lite.data.raw import Release
 
 __all__ = [
@@ -364,6 +364,21 @@ def _locate(root: Path, spec: FileSpec) -> Path | None:
     return None
 
 
+def _use_unverified(name: str) -> str:
+    """How to use a file that fails verification anyway, for Python and command-line users."""
+    return (f"To use it as it is anyway (release 'unverified'), call ensure_files({name!r}, verify=False) "
+            "from Python; mamo_lite.data.load and the mamo-lite command line always verify, so there "
+            "replace the file.")
+
+
+def _absent_root_note(root: Path, explicit: bool) -> str:
+    """A hint when an explicitly chosen data root does not exist (a typo?); else ``""``."""
+    if not explicit or root.exists():
+        return ""
+    return (f"\nThe data folder {root} does not exist: check data_dir= (--data-dir) or $MAMO_LITE_DATA "
+            "for a typo.")
+
+
 def _verify(name: str, spec: FileSpec, path: Path) -> tuple[Identity, Digests]:
     """Match ``path`` against ``spec``'s identities; :class:`ChecksumError` if none matches."""
     digests = file_digests(path)
@@ -379,17 +394,17 @@ def _verify(name: str, spec: FileSpec, path: Path) -> tuple[Identity, Digests]:
     blob = f", git blob id {digests.git_blob}" if digests.git_blob else ""
     source = spec.source
     if source.url:
-        fix = (f"Delete it and call ensure_files({name!r}) again to re-download it from {source.url}, or "
-               f"replace it with a good copy")
+        fix = (f"Delete it and load the dataset again (from Python or the mamo-lite command line) to "
+               f"re-download it from {source.url}, or replace it with a good copy.")
     else:
         member = split_zip_member(path)
         folder = member[0].parent if member else path.parent
         fix = (f"Delete it and put a good copy of {spec.filename} (plain, .gz or inside {source.relpath}) "
-               f"into {folder}; with the file absent, ensure_files({name!r}) says where to get one")
+               f"into {folder}; with the file absent, loading the dataset says where to get one.")
     raise ChecksumError(
         f"Checksum mismatch for {path} ({name} file {spec.logical!r}): expected {expected}; got sha256 "
         f"{digests.sha256} ({digests.nbytes:,} bytes{blob}). The file is corrupt, truncated or another "
-        f"version. {fix} -- or pass verify=False to use it as it is (release 'unverified')."
+        f"version. {fix} {_use_unverified(name)}"
     )
 
 
@@ -439,16 +454,22 @@ def _ml_missing_message(
         else:
             lines.append(f"- Download {source.url} ({size}sha256 {source.sha256}) and save it as {target}.")
     if not download_allowed:
-        lines.append(f"Or call ensure_files({spec.name!r}, ..., download=True) to do this automatically.")
+        lines.append(f"Or call ensure_files({spec.name!r}, ..., download=True) to do this automatically "
+                     "(on the command line: leave out --no-download).")
     lines.append("Use another data folder with data_dir= or $MAMO_LITE_DATA. "
                  f"Terms: {spec.terms}; cite {spec.citation}.")
     return "\n".join(lines)
 
 
 def _fetch(root: Path, spec: DatasetSpec, missing: list[FileSpec], *, download_allowed: bool, verify: bool,
-           progress: bool | None, timeout: float) -> None:
-    """Obtain the ``missing`` files: from archives already present, else by download (if allowed)."""
+           progress: bool | None, timeout: float, explicit_root: bool) -> None:
+    """Obtain the ``missing`` files: from archives already present, else by download (if allowed).
+
+    ``explicit_root``: the data root was chosen (``data_dir`` or ``$MAMO_LITE_DATA``), so a root that
+    does not exist is probably a typo and the errors say so.
+    """
     by_source = _by_source(missing)
+    note = _absent_root_note(root, explicit_root)
 
     def available(source: Source) -> bool:
         if source.kind == "zip-inplace":
@@ -458,20 +479,26 @@ def _fetch(root: Path, spec: DatasetSpec, missing: list[FileSpec], *, download_a
 
     if not all(available(s) for s in by_source):
         if any(s.kind == "zip-inplace" for s in by_source):
-            raise MissingDataError(_bx_missing_message(root, spec, missing))
-        raise MissingDataError(_ml_missing_message(root, spec, missing, download_allowed))
+            raise MissingDataError(_bx_missing_message(root, spec, missing) + note)
+        raise MissingDataError(_ml_missing_message(root, spec, missing, download_allowed) + note)
 
     for source, files in by_source.items():
         target = root / source.relpath
         if not (source.kind == "zip-extract" and target.is_file()):
             assert source.url is not None and source.sha256 is not None  # checked by available()
-            download(source.url, target, sha256=source.sha256, nbytes=source.nbytes, md5=source.md5,
-                     timeout=timeout, progress=progress)
+            try:
+                download(source.url, target, sha256=source.sha256, nbytes=source.nbytes, md5=source.md5,
+                         timeout=timeout, progress=progress)
+            except DownloadError as err:
+                if not note:
+                    raise
+                raise DownloadError(f"{err}{note}") from err
         elif verify and source.sha256 and (got := sha256_file(target)) != source.sha256:
             raise ChecksumError(
                 f"Checksum mismatch for {target}: expected sha256 {source.sha256} ({source.nbytes:,} bytes); "
-                f"got sha256 {got} ({target.stat().st_size:,} bytes). Delete it and call "
-                f"ensure_files({spec.name!r}, ...) again to download {source.url}, or pass verify=False."
+                f"got sha256 {got} ({target.stat().st_size:,} bytes). Delete it and load the dataset again "
+                f"(from Python or the mamo-lite command line) to download {source.url}. "
+                f"{_use_unverified(spec.name)}"
             )
         if source.kind == "zip-extract":
             with zipfile.ZipFile(target) as zf:
@@ -511,11 +538,13 @@ def ensure_files(
     Raises:
         MissingDataError: files absent and not obtainable (Book-Crossing, or ``download=False``);
             the message says what to put where.
-        ChecksumError: a file does not match any accepted version.
-        DownloadError: the download failed.
+        ChecksumError: a file does not match any accepted version, or a ``.gz`` file or zip member
+            is corrupt.
+        DownloadError: the download failed (the folders created for it are removed again).
     """
     spec = _spec(name)
     root = data_root(data_dir)
+    explicit_root = bool(str(data_dir or "").strip() or os.environ.get("MAMO_LITE_DATA", "").strip())
     paths: dict[str, Path] = {}
     matched: dict[str, tuple[Identity, Digests]] = {}
     missing: list[FileSpec] = []
@@ -529,7 +558,7 @@ def ensure_files(
             matched[f.logical] = _verify(name, f, path)
     if missing:
         _fetch(root, spec, missing, download_allowed=download, verify=verify, progress=progress,
-               timeout=timeout)
+               timeout=timeout, explicit_root=explicit_root)
         for f in missing:
             path = _locate(root, f)
             if path is None:  # pragma: no cover - extraction guarantees it

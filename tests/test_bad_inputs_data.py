@@ -1,0 +1,211 @@
+"""Bad inputs and faults in the data layer (issue 10's audit): each test names the input and what the
+package does about it through its ``bad_input`` mark, which the book's list of bad inputs is made from.
+
+No network: downloads use ``file://`` URLs or a closed local port.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import socket
+import time
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_parsers import BX_FILES, ML1M_FILES, copy_fixtures, edit, paths
+
+from mamo_lite.data import download as dl
+from mamo_lite.data import load
+from mamo_lite.data.errors import ChecksumError, DownloadError, MissingDataError
+from mamo_lite.data.parsers import ParseError, parse_book_crossing, parse_movielens_1m
+from mamo_lite.data.registry import REGISTRY, DatasetSpec, FileSpec, Identity, Source, ensure_files
+
+bad_input = pytest.mark.bad_input
+SYNTHETIC = {"n_users": 40, "n_items": 60}  # a small synthetic dataset: loads in well under a second
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAMO_LITE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MAMO_LITE_DATA", raising=False)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _toy_spec(content: bytes, url: str | None = "https://example.invalid/ratings.dat") -> DatasetSpec:
+    """One file, ``toy/ratings.dat``, accepted only with ``content``."""
+    source = Source("file", "toy/ratings.dat", url=url, sha256=_sha(content), nbytes=len(content))
+    ident = (Identity("complete", len(content), sha256=_sha(content)),)
+    return DatasetSpec("toy", "Toy", (FileSpec("ratings", "toy/ratings.dat", ident, "ascii", source),),
+                       citation="-", terms="-", homepage="-")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cache_files(cache: Path) -> list[Path]:
+    folder = cache / "processed"
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+def test_bad_input_marks_are_plain_sentences() -> None:
+    """Every mark has a case and a handling: the book lists them verbatim."""
+    import sys
+
+    module = sys.modules[__name__]
+    for name in dir(module):
+        fn = getattr(module, name)
+        for mark in getattr(fn, "pytestmark", []):
+            if mark.name == "bad_input":
+                for key in ("case", "handling"):
+                    text = mark.kwargs[key]
+                    assert not text[0].islower() and text.endswith(".") and "\n" not in text, (name, key)
+
+
+# --------------------------------------------------------- 2. same-size edit with the mtime reset
+
+
+@bad_input(case="A raw file was edited without changing its size and its modification time was reset "
+                "(touch -r, os.utime).",
+           handling="The checksum memo is keyed on inode, ctime, size and mtime (ctime cannot be reset), "
+                    "so the file is hashed again and the edit is reported as a checksum mismatch.")
+@pytest.mark.parametrize("later", [False, True], ids=["at-once", "later"])
+def test_same_size_edit_with_mtime_reset_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   later: bool) -> None:
+    good = b"1::1::5::1\n1::2::3::2\n"
+    monkeypatch.setitem(REGISTRY, "toy", _toy_spec(good))
+    path = tmp_path / "toy" / "ratings.dat"
+    path.parent.mkdir()
+    path.write_bytes(good)
+    if later:  # trust a just-written file at once (the memo's racy-file guard off) and edit it later
+        monkeypatch.setattr(dl, "RACY_NS", 0, raising=False)
+    assert ensure_files("toy", tmp_path, download=False).release == "complete"
+    if later:
+        memo = json.loads((dl.cache_dir() / dl.MEMO_NAME).read_text())["entries"]
+        assert str(path.resolve()) in memo  # the memo was written: the test is not vacuous
+        time.sleep(0.05)
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.write(b"9")  # same size, same inode
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    with pytest.raises(ChecksumError, match="Checksum mismatch"):
+        ensure_files("toy", tmp_path, download=False)
+
+
+# ------------------------------------------------------------ 4. corrupt .gz and zip members
+
+
+def _corrupt_gz(path: Path, content: bytes) -> None:
+    data = bytearray(gzip.compress(content * 50))
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncated_gz(path: Path, content: bytes) -> None:
+    data = gzip.compress(content * 50)
+    path.write_bytes(data[:-6])  # the end of the stream and the trailer cut off
+
+
+def _tiny_gz(path: Path, content: bytes) -> None:
+    path.write_bytes(b"\x1f\x8b")
+
+
+@bad_input(case="A gzip-compressed raw file (.gz) is corrupt, truncated or not gzip at all.",
+           handling="A checksum error names the file, says it is corrupt and says to delete it and "
+                    "supply or download a good copy.")
+@pytest.mark.parametrize("damage, verify", [(_corrupt_gz, True), (_truncated_gz, True), (_tiny_gz, True),
+                                            (_tiny_gz, False)],
+                         ids=["flipped", "truncated", "tiny", "tiny-unverified"])
+def test_corrupt_gz_is_a_checksum_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage,
+                                        verify: bool) -> None:
+    content = b"1::1::5::1\n"
+    monkeypatch.setitem(REGISTRY, "toy", _toy_spec(content * 50))
+    gz = tmp_path / "toy" / "ratings.dat.gz"
+    gz.parent.mkdir()
+    damage(gz, content)
+    with pytest.raises(ChecksumError) as err:
+        ensure_files("toy", tmp_path, download=False, verify=verify).provenance()
+    msg = str(err.value)
+    assert str(gz) in msg and "corrupt" in msg and "Delete it" in msg
+
+
+@bad_input(case="A member of a zip archive read in place (Book-Crossing's BX-CSV-Dump.zip) fails its CRC check.",
+           handling="A checksum error names the archive member, says it is corrupt and says to replace the archive.")
+def test_zip_member_with_bad_crc_is_a_checksum_error(tmp_path: Path) -> None:
+    archive = tmp_path / "book-crossing" / "BX-CSV-Dump.zip"
+    archive.parent.mkdir()
+    body = b'"User-ID";"ISBN";"Book-Rating"\r\n' + b'"1";"0000000001";"5"\r\n' * 100
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for name in ("BX-Book-Ratings.csv", "BX-Books.csv", "BX-Users.csv"):
+            zf.writestr(name, body)
+    data = bytearray(archive.read_bytes())
+    data[data.index(body) + 100] ^= 0x01  # stored, so the member's bytes appear verbatim
+    archive.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError) as err:
+        ensure_files("book-crossing", tmp_path)
+    msg = str(err.value)
+    assert str(archive / "BX-Book-Ratings.csv") in msg and "corrupt" in msg and "Delete it" in msg
+
+
+# ----------------------------------------------------------- 5. fixes that name the CLI as well
+
+
+@bad_input(case="A raw file fails its checksum while the user works from the mamo-lite command line.",
+           handling="The message gives the Python option (ensure_files(..., verify=False)) and says what "
+                    "to do on the command line, which always verifies: replace the file.")
+@pytest.mark.parametrize("where", ["file", "archive"])
+def test_checksum_fix_names_python_and_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    where: str) -> None:
+    good = b"1::1::5::1\n"
+    monkeypatch.setitem(REGISTRY, "toy", _toy_spec(good))
+    if where == "file":
+        (tmp_path / "toy").mkdir()
+        (tmp_path / "toy" / "ratings.dat").write_bytes(b"1::1::4::1\n")
+    else:  # a hand-supplied archive that is not the expected one
+        source = Source("zip-extract", "toy/toy.zip", url="https://example.invalid/toy.zip",
+                        sha256=_sha(b"zip"), nbytes=3)
+        ident = (Identity("complete", len(good), sha256=_sha(good)),)
+        spec = DatasetSpec("toy", "Toy", (FileSpec("ratings", "toy/ratings.dat", ident, "ascii", source,
+                                                   member="ratings.dat"),), citation="-", terms="-",
+                           homepage="-")
+        monkeypatch.setitem(REGISTRY, "toy", spec)
+        (tmp_path / "toy").mkdir()
+        with zipfile.ZipFile(tmp_path / "toy" / "toy.zip", "w") as zf:
+            zf.writestr("ratings.dat", good)
+    with pytest.raises(ChecksumError) as err:
+        ensure_files("toy", tmp_path, download=False)
+    msg = str(err.value)
+    assert "ensure_files('toy', verify=False)" in msg and "command line" in msg
+    assert "or pass verify=False" not in msg  # the old, Python-only advice
+
+
+# ----------------------------------------------------------------- 6. a mistyped data folder
+
+
+@bad_input(case="$MAMO_LITE_DATA (or data_dir) names a folder that does not exist, e.g. a typo.",
+           handling="A failed lookup or download creates no folders, and the message says the data "
+                    "folder does not exist.")
+@pytest.mark.parametrize("download", [True, False])
+def test_mistyped_data_root_leaves_no_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              download: bool) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}/ratings.dat"
+    monkeypatch.setitem(REGISTRY, "toy", _toy_spec(b"x", url=url))
+    typo = tmp_path / "dtaa" / "root"
+    monkeypatch.setenv("MAMO_LITE_DATA", str(typo))
+    with pytest.raises(DownloadError if download else MissingDataError) as err:
+        ensure_files("toy", download=download, progress=False, timeout=5)
+    assert "does not exist" in str(err.value) and str(typo) in str(err.value)
+    assert not (tmp_path / "dtaa").exists()
