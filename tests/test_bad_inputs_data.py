@@ -74,6 +74,62 @@ def test_bad_input_marks_are_plain_sentences() -> None:
                     assert not text[0].islower() and text.endswith(".") and "\n" not in text, (name, key)
 
 
+# ------------------------------------------------------------------- 1. a crafted processed cache
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: stands for any code a crafted pickle could run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def _write_torch_pickle(path: Path, marker: Path) -> None:
+    torch.save({"format_version": 2, "ratings": _Payload(marker)}, path)
+
+
+def _write_npz_with_pickle(path: Path, marker: Path) -> None:
+    names = [n.removesuffix(".npy") for n in zipfile.ZipFile(path).namelist()]
+    with open(path, "wb") as f:
+        np.savez(f, **{n: np.array([_Payload(marker)], dtype=object) for n in names})
+
+
+@bad_input(case="A processed-data cache file was replaced by a crafted pickle that runs code when loaded.",
+           handling="The cache holds only arrays and JSON and is read without unpickling; the file is "
+                    "reported as unreadable and rebuilt, and no code runs.")
+@pytest.mark.parametrize("craft", [_write_torch_pickle, _write_npz_with_pickle], ids=["torch", "npz"])
+def test_crafted_cache_file_runs_no_code(tmp_path: Path, craft) -> None:
+    cache, marker = tmp_path / "cache-root", tmp_path / "marker"
+    good = load("synthetic", cache=cache, **SYNTHETIC)
+    [path] = _cache_files(cache)
+    craft(path, marker)
+    with pytest.warns(RuntimeWarning, match="unreadable or stale.*rebuilding"):
+        again = load("synthetic", cache=cache, **SYNTHETIC)
+    assert not marker.exists()
+    assert again.ratings.equals(good.ratings) and again.items.equals(good.items)
+    assert again.users.equals(good.users) and again.provenance == good.provenance
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        third = load("synthetic", cache=cache, **SYNTHETIC)  # the rebuilt cache file is good
+    assert third.ratings.equals(good.ratings)
+
+
+def test_cache_round_trip_is_exact(tmp_path: Path) -> None:
+    """Every column kind (str with missing values, nullable Int64, tuples, bools) survives the cache."""
+    first = load("synthetic", cache=tmp_path, **SYNTHETIC)
+    second = load("synthetic", cache=tmp_path, **SYNTHETIC)
+    for name in ("ratings", "users", "items"):
+        a, b = getattr(first, name), getattr(second, name)
+        assert a.equals(b) and list(a.dtypes) == list(b.dtypes), name
+    assert second.vocabs == first.vocabs and second.spec == first.spec and second.protocol == first.protocol
+    assert {k: v.tolist() for k, v in second.splits.items()} == {k: v.tolist() for k, v in first.splits.items()}
+    a, b = first.tasks("all"), second.tasks("all")
+    assert torch.equal(a.support_x["genre"], b.support_x["genre"]) and torch.equal(a.query_y, b.query_y)
+
+
 # --------------------------------------------------------- 2. same-size edit with the mtime reset
 
 
@@ -103,6 +159,51 @@ def test_same_size_edit_with_mtime_reset_is_caught(tmp_path: Path, monkeypatch: 
     assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
     with pytest.raises(ChecksumError, match="Checksum mismatch"):
         ensure_files("toy", tmp_path, download=False)
+
+
+# ------------------------------------------------------------------- 3. an unusable cache folder
+
+
+def _read_only_enforced(folder: Path) -> bool:
+    probe = folder / "probe"
+    try:
+        probe.write_bytes(b"")
+    except PermissionError:
+        return True
+    probe.unlink()
+    return False
+
+
+@bad_input(case="The processed-data cache folder cannot be used: it is a regular file, read-only or full.",
+           handling="The cache is optional: one warning names the folder, and the data is loaded without it.")
+@pytest.mark.parametrize("kind", ["file", "read-only", "full"])
+def test_unusable_cache_folder_warns_and_continues(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   kind: str) -> None:
+    cache = tmp_path / "cache-root"
+    if kind == "file":
+        cache.write_text("not a folder")
+    elif kind == "read-only":
+        (cache / "processed").mkdir(parents=True)
+        (cache / "processed").chmod(0o555)
+        if not _read_only_enforced(cache / "processed"):
+            pytest.skip("running as root: folder permissions are not enforced")
+    else:
+        def full(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(dl.os, "fsync", full)
+    try:
+        with pytest.warns(RuntimeWarning) as record:
+            data = load("synthetic", cache=cache, **SYNTHETIC)
+    finally:
+        if kind == "read-only":
+            (cache / "processed").chmod(0o755)
+    messages = [str(w.message) for w in record if "cache" in str(w.message)]
+    assert len(messages) == 1 and "\n" not in messages[0], messages
+    assert str(cache / "processed") in messages[0] and "without" in messages[0]
+    assert data.provenance["counts"]["users_kept"] > 0
+    if kind != "file":
+        assert list((cache / "processed").iterdir()) == []  # no half-written or temporary file
 
 
 # ------------------------------------------------------------ 4. corrupt .gz and zip members
@@ -209,3 +310,38 @@ def test_mistyped_data_root_leaves_no_folders(tmp_path: Path, monkeypatch: pytes
         ensure_files("toy", download=download, progress=False, timeout=5)
     assert "does not exist" in str(err.value) and str(typo) in str(err.value)
     assert not (tmp_path / "dtaa").exists()
+
+
+# ------------------------------------------------------------------------ 8. stale temporary files
+
+
+def _aged(path: Path, seconds: float) -> Path:
+    path.write_bytes(b"partial")
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+    return path
+
+
+@bad_input(case="A download, extraction or cache write was killed (SIGKILL, power loss) and left its "
+                "temporary file behind.",
+           handling="Temporary files of mamo_lite's own naming pattern older than 15 minutes are removed by "
+                    "the next write to that folder; fresh ones (a concurrent writer's) are left alone.")
+@pytest.mark.parametrize("writer", ["download", "cache"])
+def test_stale_temporary_files_are_removed(tmp_path: Path, writer: str) -> None:
+    if writer == "download":
+        folder = tmp_path / "dl"
+        folder.mkdir()
+        src = tmp_path / "src.bin"
+        src.write_bytes(b"payload")
+        stale = _aged(folder / ".ok.bin.k3j5h2a9.part", 3600)
+        fresh = _aged(folder / ".ok.bin.z8y7x6w5.part", 10)
+        dl.download(src.as_uri(), folder / "ok.bin", sha256=_sha(b"payload"), progress=False)
+    else:
+        folder = tmp_path / "cache-root" / "processed"
+        folder.mkdir(parents=True)
+        stale = _aged(folder / ".synthetic-0123456789abcdef.npz.k3j5h2a9.tmp", 3600)
+        fresh = _aged(folder / ".synthetic-0123456789abcdef.npz.z8y7x6w5.tmp", 10)
+        load("synthetic", cache=tmp_path / "cache-root", **SYNTHETIC)
+    other = [_aged(folder / name, 3600) for name in (".hidden.tmp", "notes.part", "user.k3j5h2a9.tmp")]
+    assert not stale.exists()
+    assert fresh.exists() and all(p.exists() for p in other)

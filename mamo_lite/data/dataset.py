@@ -6,9 +6,18 @@ parses them (:mod:`~mamo_lite.data.parsers`), applies the cold-start protocol
 :meth:`~ColdStartData.tasks` gives the padded :class:`~mamo_lite.data.tasks.TaskBatch` of a split.
 
 The processed result is cached under ``registry.cache_dir()/processed/``, keyed by the raw files'
-sha256, the resolved protocol, the seed, the parser options and :data:`FORMAT_VERSION`. Cache files
-are written atomically (temporary file + rename), so a failed or interrupted load leaves nothing
-half-written; an unreadable or mismatching cache file is rebuilt with a warning.
+sha256, the resolved protocol, the seed, the parser options and :data:`FORMAT_VERSION`.
+
+* **Code-free format.** A cache file is an uncompressed ``.npz`` read with ``allow_pickle=False``:
+  numeric arrays (table columns, string columns as codes into their distinct values, masks of
+  missing values, the splits) and one JSON document with everything else. Loading one never
+  unpickles, so a crafted cache file cannot run code: it is unreadable, and rebuilt.
+* **Atomic.** Cache files are written atomically (temporary file + rename), so a failed or
+  interrupted load leaves nothing half-written; stale temporary files of killed writers are removed
+  by the next write (:func:`~mamo_lite.data.download.remove_stale_temp_files`). An unreadable or
+  mismatching cache file is rebuilt with a warning.
+* **Optional.** A cache folder that cannot be used (a regular file, read-only, full) costs one
+  warning naming it; the data is then loaded without the cache.
 """
 
 from __future__ import annotations
@@ -16,7 +25,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import io
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -32,7 +43,7 @@ from .tasks import SCENARIOS, FeatureSpec, TaskBatch
 
 __all__ = ["DATASETS", "FORMAT_VERSION", "ColdStartData", "load"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bump when the processed format or any protocol/parser behaviour changes: old caches are ignored."""
 
 DATASETS: tuple[str, ...] = ("movielens-1m", "movielens-100k", "book-crossing", "synthetic")
@@ -208,21 +219,123 @@ class ColdStartData:
                 f"train/val/test={c['users_train']}/{c['users_val']}/{c['users_test']}, seed={self.seed})")
 
     # -------------------------------------------------------------------------------- cache
-    def _payload(self, key: str) -> dict:
-        return {"format_version": FORMAT_VERSION, "key": key, "name": self.name,
+    def _to_arrays(self, key: str) -> dict[str, np.ndarray]:
+        """The cache file's content: named numeric arrays, the JSON document as ``meta`` (bytes)."""
+        arrays: dict[str, np.ndarray] = {}
+        meta = {"format_version": FORMAT_VERSION, "key": key, "name": self.name,
                 "spec": self.spec.to_dict(), "protocol": self.protocol.to_dict(), "seed": self.seed,
-                "release": self.release, "provenance": self.provenance, "ratings": self.ratings,
-                "users": self.users, "items": self.items, "splits": self.splits, "vocabs": self.vocabs}
+                "release": self.release, "provenance": self.provenance, "vocabs": self.vocabs,
+                "tables": {t: _encode_table(getattr(self, t), t, arrays) for t in ("ratings", "users", "items")},
+                "splits": list(self.splits)}
+        for name, ids in self.splits.items():
+            arrays[f"split.{name}"] = np.asarray(ids)
+        arrays["meta"] = np.frombuffer(json.dumps(_to_json(meta), allow_nan=True).encode(), dtype=np.uint8)
+        return arrays
 
     @classmethod
-    def _from_payload(cls, payload: dict, key: str) -> ColdStartData:
-        if payload.get("format_version") != FORMAT_VERSION or payload.get("key") != key:
+    def _from_arrays(cls, arrays, key: str) -> ColdStartData:
+        meta = _from_json(json.loads(arrays["meta"].tobytes()))
+        if meta.get("format_version") != FORMAT_VERSION or meta.get("key") != key:
             raise ValueError("format version or key mismatch")
-        return cls(name=payload["name"], spec=FeatureSpec.from_dict(payload["spec"]),
-                   protocol=Protocol.from_dict(payload["protocol"]), seed=payload["seed"],
-                   release=payload["release"], provenance=payload["provenance"], ratings=payload["ratings"],
-                   users=payload["users"], items=payload["items"], splits=payload["splits"],
-                   vocabs=payload["vocabs"])
+        tables = {t: _decode_table(t, spec, arrays) for t, spec in meta["tables"].items()}
+        return cls(name=meta["name"], spec=FeatureSpec.from_dict(meta["spec"]),
+                   protocol=Protocol.from_dict(meta["protocol"]), seed=meta["seed"],
+                   release=meta["release"], provenance=meta["provenance"], **tables,
+                   splits={name: arrays[f"split.{name}"] for name in meta["splits"]}, vocabs=meta["vocabs"])
+
+
+# ------------------------------------------------------------------------------- cache format
+# JSON with tuples tagged (they must come back as tuples), and tables as numeric arrays: numeric
+# columns as they are, nullable ones with a mask, text and tuple columns as codes into their
+# distinct values (which go into the JSON document).
+
+_TUPLE = "__tuple__"
+
+
+def _to_json(obj):
+    if isinstance(obj, tuple):
+        return {_TUPLE: [_to_json(v) for v in obj]}
+    if isinstance(obj, list):
+        return [_to_json(v) for v in obj]
+    if isinstance(obj, dict):
+        if _TUPLE in obj or not all(isinstance(k, str) for k in obj):
+            raise TypeError(f"cannot cache a dict with keys {list(obj)[:5]}")
+        return {k: _to_json(v) for k, v in obj.items()}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, str | int | float):
+        return obj
+    raise TypeError(f"cannot cache a value of type {type(obj).__name__}")
+
+
+def _from_json(obj):
+    if isinstance(obj, list):
+        return [_from_json(v) for v in obj]
+    if isinstance(obj, dict):
+        if set(obj) == {_TUPLE}:
+            return tuple(_from_json(v) for v in obj[_TUPLE])
+        return {k: _from_json(v) for k, v in obj.items()}
+    return obj
+
+
+_MISSING = {"none": None, "nan": math.nan, "na": pd.NA}
+
+
+def _missing_kind(col: pd.Series) -> str:
+    kinds = {"none" if v is None else "na" if v is pd.NA else "nan" for v in col[col.isna()]}
+    if len(kinds) > 1:
+        raise TypeError(f"cannot cache column {col.name!r}: it mixes missing values {sorted(kinds)}")
+    return kinds.pop() if kinds else "none"
+
+
+def _encode_table(df: pd.DataFrame, table: str, arrays: dict[str, np.ndarray]) -> dict:
+    if not isinstance(df.index, pd.RangeIndex):
+        raise TypeError(f"cannot cache table {table!r}: its index is not a RangeIndex")
+    columns = []
+    for i, (name, col) in enumerate(df.items()):
+        key, dtype = f"{table}.{i}", col.dtype
+        if not isinstance(name, str):
+            raise TypeError(f"cannot cache table {table!r}: column name {name!r} is not a string")
+        if isinstance(dtype, np.dtype) and dtype.kind in "biuf":
+            arrays[key] = col.to_numpy()
+            columns.append({"name": name, "kind": "numpy"})
+        elif isinstance(col.array, pd.arrays.IntegerArray | pd.arrays.FloatingArray | pd.arrays.BooleanArray):
+            mask = col.isna().to_numpy()
+            arrays[key] = col.to_numpy(dtype=dtype.numpy_dtype, na_value=dtype.numpy_dtype.type(0))
+            arrays[key + ".mask"] = mask
+            columns.append({"name": name, "kind": "masked", "dtype": str(dtype)})
+        elif isinstance(dtype, pd.StringDtype) or dtype == object:
+            codes, uniques = pd.factorize(col, use_na_sentinel=True)
+            arrays[key] = codes.astype(np.int32 if len(uniques) < 2**31 else np.int64)
+            entry = {"name": name, "kind": "object", "values": list(uniques), "missing": _missing_kind(col)}
+            if isinstance(dtype, pd.StringDtype):
+                entry.update(kind="string", storage=dtype.storage, missing="na" if dtype.na_value is pd.NA else "nan")
+            columns.append(entry)
+        else:
+            raise TypeError(f"cannot cache column {name!r} of table {table!r}: dtype {dtype}")
+    return {"rows": len(df), "columns": columns}
+
+
+def _decode_table(table: str, spec: dict, arrays) -> pd.DataFrame:
+    data = {}
+    for i, c in enumerate(spec["columns"]):
+        values = arrays[f"{table}.{i}"]
+        if c["kind"] == "numpy":
+            data[c["name"]] = values
+        elif c["kind"] == "masked":
+            column = pd.array(values, dtype=c["dtype"])
+            column[arrays[f"{table}.{i}.mask"]] = pd.NA
+            data[c["name"]] = column
+        else:  # object or string: codes into the distinct values, -1 (the last entry) is missing
+            distinct = np.empty(len(c["values"]) + 1, dtype=object)
+            for j, v in enumerate(c["values"]):
+                distinct[j] = v
+            distinct[-1] = _MISSING[c["missing"]]
+            column = distinct[values]
+            if c["kind"] == "string":
+                column = pd.array(column, dtype=pd.StringDtype(c["storage"], na_value=_MISSING[c["missing"]]))
+            data[c["name"]] = column
+    return pd.DataFrame(data, index=pd.RangeIndex(spec["rows"]))
 
 
 # ------------------------------------------------------------------------------------- loading
@@ -247,14 +360,16 @@ def _cache_path(cache, name: str, key: str) -> Path | None:
     if cache is False or cache is None:
         return None
     root = _module("registry").cache_dir() if cache is True else Path(cache)
-    return Path(root) / "processed" / f"{name}-{key[:24]}.pt"
+    return Path(root) / "processed" / f"{name}-{key[:24]}.npz"
 
 
 def _read_cache(path: Path, key: str) -> ColdStartData | None:
+    """The cached data, or ``None`` (with a warning if a file is there but unusable). Never unpickles."""
     if not path.is_file():
         return None
     try:
-        return ColdStartData._from_payload(torch.load(path, map_location="cpu", weights_only=False), key)
+        with np.load(path, allow_pickle=False) as arrays:
+            return ColdStartData._from_arrays(arrays, key)
     except Exception as e:  # noqa: BLE001 - any unreadable cache file is rebuilt
         warnings.warn(f"processed-data cache {path} is unreadable or stale ({type(e).__name__}: {e}); "
                       f"rebuilding it", RuntimeWarning, stacklevel=3)
@@ -262,10 +377,28 @@ def _read_cache(path: Path, key: str) -> ColdStartData | None:
 
 
 def _write_cache(path: Path, data: ColdStartData, key: str) -> None:
-    """Write atomically (a temporary file in the same folder, then ``os.replace``)."""
-    from mamo_lite.utils import atomic_torch_save
+    """Write atomically (a temporary file in the same folder, then ``os.replace``); warn on failure.
 
-    atomic_torch_save(path, data._payload(key))
+    The cache is optional: an unusable folder (a regular file, read-only, full) or tables that the
+    format cannot hold cost a one-line warning, never the load.
+    """
+    from mamo_lite.utils import atomic_write_bytes
+
+    from .download import remove_stale_temp_files
+
+    try:
+        buffer = io.BytesIO()
+        np.savez(buffer, **data._to_arrays(key))
+    except TypeError as e:
+        warnings.warn(f"{data.name} cannot be cached ({e}); loading it again will rebuild it",
+                      RuntimeWarning, stacklevel=3)
+        return
+    try:
+        remove_stale_temp_files(path.parent)
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as e:
+        warnings.warn(f"processed-data cache folder {path.parent} is not usable ({e.strerror or e}); "
+                      f"continuing without the cache", RuntimeWarning, stacklevel=3)
 
 
 def load(name: str, data_dir: str | os.PathLike | None = None, *, protocol: Protocol | dict | None = None,
@@ -283,7 +416,8 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, protocol: Prot
         seed: the train/val/test user split's seed.
         download: fetch missing MovieLens files (Book-Crossing must be supplied by hand).
         cache: ``True`` → cache under ``registry.cache_dir()/processed``; a path → that folder
-            instead of ``cache_dir()``; ``False`` → neither read nor write a cache.
+            instead of ``cache_dir()``; ``False`` → neither read nor write a cache. A cache folder
+            that cannot be used gives a warning and the data is loaded without it.
         **kwargs: parser options (``merge_duplicate_movies`` for ML-1M; ``year_range``,
             ``age_range`` for Book-Crossing) or, for ``synthetic``, ``make_synthetic``'s arguments.
 
