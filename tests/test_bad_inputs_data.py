@@ -312,6 +312,51 @@ def test_mistyped_data_root_leaves_no_folders(tmp_path: Path, monkeypatch: pytes
     assert not (tmp_path / "dtaa").exists()
 
 
+# -------------------------------------------------------------------- 7. duplicate ratings
+
+
+@bad_input(case="A ratings file rates the same item twice for one user (same time or not).",
+           handling="The last rating by time is kept (the later line on a tie); a warning and the "
+                    "dataset's notes give the count.")
+@pytest.mark.parametrize("timestamp, kept", [(b"975790500", 2.0), (b"975790000", 2.0), (b"975789000", 4.0)],
+                         ids=["later", "same-time", "earlier"])
+def test_duplicate_ml_ratings_keep_the_last(tmp_path: Path, timestamp: bytes, kept: float) -> None:
+    root = copy_fixtures(tmp_path)
+    ratings = root / "ml-1m" / "ratings.dat"
+    ratings.write_bytes(ratings.read_bytes().rstrip(b"\n") + b"\n1::3::2::" + timestamp + b"\n")
+    before = parse_movielens_1m(paths(ML1M_FILES))
+    with pytest.warns(UserWarning, match=r"ratings\.dat: 1 duplicate rating"):
+        raw = parse_movielens_1m(paths(ML1M_FILES, root))
+    r = raw.ratings
+    assert len(r) == len(before.ratings)
+    assert r.loc[(r["user"] == 1) & (r["item"] == 3), "rating"].tolist() == [kept]
+    assert any("1 duplicate rating" in n for n in raw.notes)
+
+
+@bad_input(case="Book-Crossing's ratings file has two rows for the same user and ISBN.",
+           handling="The later row is kept; a warning and the dataset's notes give the count.")
+def test_duplicate_bx_ratings_keep_the_last(tmp_path: Path) -> None:
+    root = copy_fixtures(tmp_path)
+    ratings = root / "book-crossing" / "BX-Book-Ratings.csv"
+    first = ratings.read_bytes().split(b"\n")[1]  # "10";"0000000001";"5"
+    ratings.write_bytes(ratings.read_bytes().rstrip(b"\r\n") + b"\r\n" + first.replace(b'"5"', b'"9"') + b"\r\n")
+    with pytest.warns(UserWarning, match=r"1 duplicate rating of the same user and item \(1 pair"):  # the fixture's own: user 10, ISBN 2
+        before = parse_book_crossing(paths(BX_FILES))
+    with pytest.warns(UserWarning, match=r"2 duplicate ratings of the same user and item \(2 pairs"):
+        raw = parse_book_crossing(paths(BX_FILES, root))
+    r = raw.ratings
+    assert len(r) == len(before.ratings)
+    first_item = int(before.ratings.iloc[0]["item"])
+    assert r.loc[(r["user"] == 10) & (r["item"] == first_item), "rating"].tolist() == [9.0]
+
+
+def test_merged_movies_are_not_duplicate_ratings() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        raw = parse_movielens_1m(paths(ML1M_FILES))  # 860 → 811 is MeLU's merge rule, kept as it is
+    assert not any("duplicate rating" in n for n in raw.notes)
+
+
 # ------------------------------------------------------------------------ 8. stale temporary files
 
 

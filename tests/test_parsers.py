@@ -31,6 +31,11 @@ BX_FILES = {"ratings": "book-crossing/BX-Book-Ratings.csv", "books": "book-cross
             "users": "book-crossing/BX-Users.csv"}
 
 
+# The Book-Crossing fixture rates ISBN 0000000002 twice for user 10 (an implicit 0, then an 8): the
+# parser keeps the later row and warns; test_bad_inputs_data checks that warning.
+pytestmark = pytest.mark.filterwarnings("ignore:.*BX-Book-Ratings.*duplicate rating:UserWarning")
+
+
 def paths(files: dict[str, str], root: Path = FIXTURES) -> dict[str, Path]:
     return {k: root / v for k, v in files.items()}
 
@@ -106,7 +111,8 @@ def test_ml1m_age_groups():
 
 
 def test_ml100k_tables():
-    raw = parse_movielens_100k(paths(ML100K_FILES))
+    # the fixture has 3 items and 4 ratings per user: each user rates one item twice, kept on request
+    raw = parse_movielens_100k(paths(ML100K_FILES), duplicate_ratings="keep")
     assert raw.user_fields == ["gender", "age", "occupation"]
     assert raw.item_categorical == ["year"] and raw.item_multi == ["genre"]
     assert raw.users["age"].tolist() == [18, 50, 1, 56]  # 24, 53, 17, 56 years
@@ -117,6 +123,10 @@ def test_ml100k_tables():
     assert items.loc[3, "genre"] == ()  # only the "unknown" flag
     assert items["year"].tolist()[:2] == [1995, 1996] and pd.isna(items.loc[3, "year"])
     assert len(raw.ratings) == 15 and raw.ratings["order"].iloc[0] == 880000000
+    assert raw.notes == [(f"{paths(ML100K_FILES)['data']}: 3 duplicate ratings of the same user and item "
+                          "(3 pairs, e.g. user 1, item 2) kept (duplicate_ratings='keep')")]
+    with pytest.warns(UserWarning, match="3 duplicate ratings"):  # by default, the last of each is kept
+        assert len(parse_movielens_100k(paths(ML100K_FILES)).ratings) == 12
 
 
 # --------------------------------------------------------------------------- Book-Crossing tables

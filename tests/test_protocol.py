@@ -42,6 +42,10 @@ from mamo_lite.data.parsers import (
     parse_movielens_100k,
 )
 
+# The Book-Crossing fixture rates ISBN 0000000002 twice for user 10 (an implicit 0, then an 8): the
+# parser keeps the later row and warns; test_bad_inputs_data checks that warning.
+pytestmark = pytest.mark.filterwarnings("ignore:.*BX-Book-Ratings.*duplicate rating:UserWarning")
+
 SMALL = Protocol(min_ratings=4, n_keep=4, n_support=2, n_query=1, item_cold_max=3, val_fraction=0.25)
 WC, CW = SCENARIOS.index("W-C"), SCENARIOS.index("C-W")
 
@@ -120,7 +124,7 @@ def test_cold_users_by_id_on_book_crossing():
 
 
 def test_ml100k_defaults_to_quantile():
-    raw = parse_movielens_100k(paths(ML100K_FILES))
+    raw = parse_movielens_100k(paths(ML100K_FILES), duplicate_ratings="keep")  # see test_ml100k_tables
     data = ColdStartData.from_raw(raw, small(split_quantile=0.5))
     assert data.protocol.user_split == "quantile"
     # 15 ratings; position round(7.5) = 8 is user 3's first rating (890000000)
@@ -391,7 +395,7 @@ def test_failing_load_leaves_no_cache_file(fixture_registry, tmp_path, monkeypat
 
 
 def test_load_without_cache_writes_nothing(fixture_registry):
-    data = load("movielens-100k", protocol=SMALL, cache=False)
+    data = load("movielens-100k", protocol=SMALL, cache=False, duplicate_ratings="keep")
     assert data.provenance["counts"]["users_kept"] == 3
     assert not fixture_registry.exists()
 
@@ -400,7 +404,7 @@ def test_load_rejects_unknown_names_and_options(fixture_registry):
     with pytest.raises(ValueError, match="unknown dataset 'movielens-20m'"):
         load("movielens-20m")
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['merge'\]; "
-                                        r"valid: \['merge_duplicate_movies'\]"):
+                                        r"valid: \['merge_duplicate_movies', 'duplicate_ratings'\]"):
         load("movielens-1m", protocol=SMALL, cache=False, merge=True)
 
 

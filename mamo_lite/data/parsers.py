@@ -21,6 +21,14 @@ dataset            logical files                                  profile fields
 
 Missing values become ``pd.NA`` (categorical) or an empty tuple (multi); the encoder maps them to
 index 0 ("unknown").
+
+**Duplicate ratings.** A user rates an item at most once, so a query item is new to its user. When
+a ratings file rates the same item twice for one user (with the same time or not), every parser by
+default (``duplicate_ratings="last"``) keeps the last rating by time (the later line on a tie;
+Book-Crossing has no times, so the later line), and a ``UserWarning`` and the dataset's ``notes``
+give the count. ``duplicate_ratings="keep"`` keeps them all (noted, no warning). The official files
+have none. ML-1M's ``merge_duplicate_movies`` is a separate, documented rule: a user who rated both
+copies of a merged movie keeps both ratings (MeLU).
 """
 
 from __future__ import annotations
@@ -30,9 +38,11 @@ import gzip
 import io
 import os
 import re
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -201,6 +211,40 @@ def _first_bad(mask, df: pd.DataFrame, path, field: str, message: Callable[[obje
         raise ParseError(message(df[field].iloc[k]) + extra, file=path, line=line_of(k), field=field, fix=fix)
 
 
+DuplicateRatings = Literal["last", "keep"]
+
+
+def _keep_last_rating(user: np.ndarray, item: np.ndarray, order: np.ndarray, path, notes: list[str],
+                      duplicate_ratings: DuplicateRatings) -> np.ndarray | None:
+    """Mask keeping one rating per (user, item): the last by ``order``, the later row on a tie.
+
+    ``None`` if there are no duplicates or ``duplicate_ratings="keep"`` (then only noted); else warns
+    (``UserWarning``) and adds a note with the count. Rows are the ratings file's records, in order.
+    """
+    if duplicate_ratings not in ("last", "keep"):
+        raise ValueError(f"duplicate_ratings must be 'last' or 'keep', got {duplicate_ratings!r}")
+    codes = pd.MultiIndex.from_arrays([user, item]).duplicated(keep=False) if len(user) else np.zeros(0, bool)
+    if not codes.any():
+        return None
+    rows = np.flatnonzero(codes)
+    dup = pd.DataFrame({"user": user[rows], "item": item[rows], "order": order[rows], "row": rows})
+    dup = dup.sort_values(["order", "row"], kind="stable")
+    dropped = dup.loc[dup.duplicated(["user", "item"], keep="last"), "row"].to_numpy()
+    n, pairs = len(dropped), len(dup.drop_duplicates(["user", "item"]))
+    found = (f"{path}: {n} duplicate rating{'s' if n > 1 else ''} of the same user and item "
+             f"({pairs} pair{'s' if pairs > 1 else ''}, e.g. user {dup['user'].iloc[0]}, item "
+             f"{dup['item'].iloc[0]})")
+    if duplicate_ratings == "keep":
+        notes.append(f"{found} kept (duplicate_ratings='keep')")
+        return None
+    message = f"{found} dropped; the last rating of each pair by time (the later line on a tie) is kept"
+    warnings.warn(message, UserWarning, stacklevel=3)
+    notes.append(message)
+    keep = np.ones(len(user), dtype=bool)
+    keep[dropped] = False
+    return keep
+
+
 def _check_unique(df: pd.DataFrame, col: str, path) -> None:
     _first_bad(df[col].duplicated().to_numpy(), df, path, col, lambda v: f"duplicate id {v}")
 
@@ -259,6 +303,13 @@ def _ml_ratings(path, *, sep: str, scale: tuple[int, int], encoding: str = "asci
     return df
 
 
+def _drop_duplicate_ml_ratings(ratings: pd.DataFrame, path, notes: list[str],
+                               duplicate_ratings: DuplicateRatings) -> pd.DataFrame:
+    keep = _keep_last_rating(ratings["user"].to_numpy(), ratings["item"].to_numpy(),
+                             ratings["timestamp"].to_numpy(), path, notes, duplicate_ratings)
+    return ratings if keep is None else ratings[keep].reset_index(drop=True)
+
+
 def _check_known(ratings: pd.DataFrame, col: str, known: pd.Series, path, other: str) -> None:
     _first_bad(~ratings[col].isin(known).to_numpy(), ratings, path, col,
                lambda v: f"{col} {v} does not appear in {other}",
@@ -266,7 +317,7 @@ def _check_known(ratings: pd.DataFrame, col: str, known: pd.Series, path, other:
 
 
 def parse_movielens_1m(paths: Mapping[str, os.PathLike], *, merge_duplicate_movies: bool = True,
-                       release: str = "unverified",
+                       duplicate_ratings: DuplicateRatings = "last", release: str = "unverified",
                        provenance: Mapping[str, dict] | None = None) -> RawTables:
     """MovieLens 1M with MeLU/MAMO's ``movies_extrainfos.dat`` item profiles.
 
@@ -277,7 +328,9 @@ def parse_movielens_1m(paths: Mapping[str, os.PathLike], *, merge_duplicate_movi
     ``merge_duplicate_movies``: movies 860 and 1795 duplicate 811 and 1741 and have no extrainfos row.
     ``True`` (MeLU's choice) maps their ratings onto 811/1741; ``False`` drops those ratings. Either
     way ``notes`` records how many ratings were affected. Other movies without extrainfos (none in the
-    official files) lose their ratings, also noted. Ratings naming a user absent from users.dat or a
+    official files) lose their ratings, also noted. ``duplicate_ratings``: what to do with a user's
+    repeated ratings of one movie in ratings.dat (see the module docstring: ``"last"`` keeps the last
+    by time and warns; ``"keep"`` keeps them all). Ratings naming a user absent from users.dat or a
     movie absent from movies.dat are a :class:`ParseError`.
     """
     _require(paths, ("ratings", "users", "movies", "extrainfos"), "movielens-1m")
@@ -325,6 +378,7 @@ def parse_movielens_1m(paths: Mapping[str, os.PathLike], *, merge_duplicate_movi
     _check_known(ratings, "user", users["user"], p, "users.dat")
     _check_known(ratings, "item", movies["item"], p, "movies.dat")
     n_file = len(ratings)
+    ratings = _drop_duplicate_ml_ratings(ratings, p, notes, duplicate_ratings)
 
     dup = ratings["item"].isin(list(ML1M_DUPLICATE_MOVIES)).to_numpy()
     if merge_duplicate_movies:
@@ -372,10 +426,12 @@ def ml1m_age_group(age) -> np.ndarray:
     return np.asarray(ML1M_AGE_GROUPS)[np.searchsorted(edges, np.asarray(age), side="right")]
 
 
-def parse_movielens_100k(paths: Mapping[str, os.PathLike], *, release: str = "unverified",
+def parse_movielens_100k(paths: Mapping[str, os.PathLike], *, duplicate_ratings: DuplicateRatings = "last",
+                         release: str = "unverified",
                          provenance: Mapping[str, dict] | None = None) -> RawTables:
     """MovieLens 100K. User: gender, age bucketed to ML-1M's groups, occupation; item: year (of the
-    release date; empty → unknown) and genre (multi, from the 19 flags; the "unknown" flag → no genre)."""
+    release date; empty → unknown) and genre (multi, from the 19 flags; the "unknown" flag → no genre).
+    ``duplicate_ratings``: a user's repeated ratings of one movie (see the module docstring)."""
     _require(paths, ("data", "user", "item", "genre", "occupation"), "movielens-100k")
 
     p = paths["genre"]
@@ -420,8 +476,11 @@ def parse_movielens_100k(paths: Mapping[str, os.PathLike], *, release: str = "un
     ratings = _ml_ratings(p, sep="\t", scale=(1, 5))
     _check_known(ratings, "user", users["user"], p, "u.user")
     _check_known(ratings, "item", items["item"], p, "u.item")
+    n_file = len(ratings)
+    notes: list[str] = []
+    ratings = _drop_duplicate_ml_ratings(ratings, p, notes, duplicate_ratings)
 
-    files = _files(paths, provenance, {"data": len(ratings), "user": len(users), "item": len(items),
+    files = _files(paths, provenance, {"data": n_file, "user": len(users), "item": len(items),
                                       "genre": len(genres), "occupation": len(occupations)})
     return RawTables(
         name="movielens-100k",
@@ -431,7 +490,7 @@ def parse_movielens_100k(paths: Mapping[str, os.PathLike], *, release: str = "un
         user_fields=["gender", "age", "occupation"],
         item_categorical=["year"],
         item_multi=["genre"],
-        rating_min=1.0, rating_max=5.0, time_based=True, release=release, files=files, notes=[],
+        rating_min=1.0, rating_max=5.0, time_based=True, release=release, files=files, notes=notes,
     )
 
 
@@ -500,7 +559,8 @@ def _read_bx(path, required: tuple[str, ...]) -> tuple[dict[str, pd.Series], Cal
 
 
 def parse_book_crossing(paths: Mapping[str, os.PathLike], *, year_range: tuple[int, int] = (1500, 2010),
-                        age_range: tuple[int, int] = (5, 110), release: str = "unverified",
+                        age_range: tuple[int, int] = (5, 110), duplicate_ratings: DuplicateRatings = "last",
+                        release: str = "unverified",
                         provenance: Mapping[str, dict] | None = None) -> RawTables:
     """Book-Crossing (BX-CSV-Dump), cleaned as MAMO's appendix A.1 describes.
 
@@ -514,7 +574,9 @@ def parse_book_crossing(paths: Mapping[str, os.PathLike], *, year_range: tuple[i
       and has a few impossible years; the paper reports 1500–2010) becomes *unknown*, the book is
       kept; ``&amp;`` is unescaped in author and publisher;
     * ratings by users without a usable profile (or absent from BX-Users.csv) or of ISBNs missing
-      from BX-Books.csv (118,605 rows of the real dump name one) are dropped and counted in ``notes``.
+      from BX-Books.csv (118,605 rows of the real dump name one) are dropped and counted in ``notes``;
+    * ``duplicate_ratings``: rows repeating a (user, ISBN) pair; ``"last"`` keeps the later row (before
+      implicit 0s are dropped) and warns, ``"keep"`` keeps them all (see the module docstring).
     """
     _require(paths, ("ratings", "books", "users"), "book-crossing")
     notes: list[str] = []
@@ -579,7 +641,8 @@ def parse_book_crossing(paths: Mapping[str, os.PathLike], *, year_range: tuple[i
     _first_bad(~rating.between(0, 10).to_numpy(), pd.DataFrame({"Book-Rating": rating}), p, "Book-Rating",
                lambda v: f"rating {v} is outside the scale 0–10", line_of=line_of)
     order = np.arange(n_ratings_file, dtype=np.int64)
-    explicit = (rating > 0).to_numpy()
+    last = _keep_last_rating(ruser.to_numpy(), r["ISBN"].to_numpy(), order, p, notes, duplicate_ratings)
+    explicit = (rating > 0).to_numpy() & (True if last is None else last)
     known_user = ruser.isin(users["user"]).to_numpy()
     item = r["ISBN"].map(pd.Series(books["item"].to_numpy(), index=books["isbn"].to_numpy()))
     known_item = item.notna().to_numpy()
