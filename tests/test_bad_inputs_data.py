@@ -390,3 +390,26 @@ def test_stale_temporary_files_are_removed(tmp_path: Path, writer: str) -> None:
     other = [_aged(folder / name, 3600) for name in (".hidden.tmp", "notes.part", "user.k3j5h2a9.tmp")]
     assert not stale.exists()
     assert fresh.exists() and all(p.exists() for p in other)
+
+
+# -------------------------------------------------------------------- 9. integers beyond int64
+
+
+@bad_input(case="A parsed file holds an integer too large for 64 bits (e.g. a user id of 20 digits).",
+           handling="A parse error names the file, line and field, says the value does not fit in a "
+                    "64-bit integer, and says how to fix the file.")
+@pytest.mark.parametrize("dataset", ["movielens-1m", "book-crossing"])
+def test_integer_beyond_int64_is_a_parse_error(tmp_path: Path, dataset: str) -> None:
+    root = copy_fixtures(tmp_path)
+    big = b"99999999999999999999"
+    if dataset == "movielens-1m":
+        edit(root / "ml-1m" / "ratings.dat", b"1::3::4::975790000", big + b"::3::4::975790000")
+        parse, files, field = parse_movielens_1m, ML1M_FILES, "user"
+    else:
+        edit(root / "book-crossing" / "BX-Book-Ratings.csv", b'"10";"0000000001"', b'"' + big + b'";"0000000001"')
+        parse, files, field = parse_book_crossing, BX_FILES, "User-ID"
+    with pytest.raises(ParseError) as err:
+        parse(paths(files, root))
+    e = err.value
+    assert e.line == (2 if dataset == "book-crossing" else 1)
+    assert e.field == field and "64-bit" in str(e) and big.decode() in str(e) and "Fix:" in str(e)

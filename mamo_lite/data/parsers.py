@@ -29,6 +29,8 @@ Book-Crossing has no times, so the later line), and a ``UserWarning`` and the da
 give the count. ``duplicate_ratings="keep"`` keeps them all (noted, no warning). The official files
 have none. ML-1M's ``merge_duplicate_movies`` is a separate, documented rule: a user who rated both
 copies of a merged movie keeps both ratings (MeLU).
+
+**Integers** must fit in 64 bits; a larger one is a :class:`ParseError`.
 """
 
 from __future__ import annotations
@@ -143,8 +145,11 @@ def _check_separator(first_line: str, sep: str, path, columns) -> None:
                                             f"{_sep_name(sep)}")
 
 
+_INT64_MAX = np.iinfo(np.int64).max
+
+
 def _int_column(values: pd.Series, path, field: str, line_of: Callable[[int], int]) -> pd.Series:
-    """Strings → int64; the first non-integer names its line."""
+    """Strings → int64; the first non-integer, or integer beyond 64 bits, names its line."""
     try:  # fast path: plain integers (5× faster than to_numeric)
         return values.astype("int64")
     except (ValueError, TypeError, OverflowError):
@@ -155,6 +160,17 @@ def _int_column(values: pd.Series, path, field: str, line_of: Callable[[int], in
         k = int(np.flatnonzero(bad)[0])
         raise ParseError(f"{values.iloc[k]!r} is not an integer", file=path, line=line_of(k), field=field,
                          fix=_REDOWNLOAD)
+    if num.dtype.kind == "u":
+        huge = (num > _INT64_MAX).to_numpy()
+    elif num.dtype.kind == "f":  # floats from integers beyond uint64 (2**63 is exact as a float)
+        huge = (num.abs() >= 2.0**63).to_numpy()
+    else:
+        huge = np.zeros(len(num), dtype=bool)
+    if huge.any():
+        k = int(np.flatnonzero(huge)[0])
+        raise ParseError(f"{values.iloc[k]!r} does not fit in a 64-bit integer (at most {_INT64_MAX})",
+                         file=path, line=line_of(k), field=field,
+                         fix="ids and counts this large are not in the official files; " + _REDOWNLOAD)
     return num.astype("int64")
 
 
@@ -192,7 +208,7 @@ def _read_delimited(path, *, sep: str, columns: list[str], encoding: str,
     try:  # fast path: the C parser converts the integer columns itself
         return pd.read_csv(io.StringIO(text), dtype={c: ("int64" if c in ints else str) for c in columns},
                            na_filter=False, **common)
-    except ValueError:
+    except (ValueError, OverflowError):
         pass
     df = pd.read_csv(io.StringIO(text), dtype=str, na_filter=False, **common)
     for c in ints:  # raises with the line of the first bad value
