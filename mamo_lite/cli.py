@@ -412,20 +412,16 @@ def _preflight(method: str, spec, dataset: str, overrides: dict, limit_gib: floa
                        f"--max-memory GIB (or ${MEMORY_ENV})")
 
 
-def _scenario_table(metrics: pd.DataFrame) -> pd.DataFrame:
-    from mamo_lite.data.tasks import SCENARIOS
-
-    wide = metrics.pivot(index="scenario", columns="metric", values="value")  # keeps NaN (a diverged run)
-    order = [s for s in (*SCENARIOS, "all") if s in wide.index]
-    cols = [c for c in ("MAE", "RMSE") if c in wide.columns] + [c for c in wide.columns if c.startswith("NDCG")]
-    n = metrics[metrics["metric"] == "MAE"].set_index("scenario")["n"]
-    return wide.loc[order, cols].assign(n=n.reindex(order).astype("Int64"))
-
-
 def _print_table(title: str, metrics: pd.DataFrame) -> None:
+    from mamo_lite.evaluate import scenario_table
+
+    table = scenario_table(metrics)
     print(title)
-    with pd.option_context("display.precision", 4, "display.width", 120):
-        print(_scenario_table(metrics).to_string(float_format=lambda v: f"{v:.4f}"))
+    print(table.to_string(float_format=lambda v: f"{v:.4f}", na_rep="—"))
+    empty = table.index[table["n"] == 0].tolist()
+    if empty:
+        print(f"no test ratings in {', '.join(empty)} (n = 0): {'its' if len(empty) == 1 else 'their'} "
+              "metrics are undefined (—), not zero")
 
 
 # -- commands -------------------------------------------------------------------------------------

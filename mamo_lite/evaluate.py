@@ -141,6 +141,25 @@ def per_user_metrics(pred: Tensor, batch: TaskBatch, *, rating_range: RatingRang
     })
 
 
+def scenario_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """One run's tidy metrics as a wide table: a row per scenario (W-W, W-C, C-W, C-C, all), a column
+    per metric (MAE, RMSE, NDCG@k) and ``n`` (the MAE's count).
+
+    Every scenario gets a row: one with no ratings among the evaluated users (absent from the tidy
+    table) shows ``n = 0`` and NaN metrics, so it can be told apart from a scenario that was dropped.
+    """
+    one = metrics[["scenario", "metric", "value"]].drop_duplicates(["scenario", "metric"])
+    wide = one.pivot(index="scenario", columns="metric", values="value")
+    metric_cols = [c for c in ("MAE", "RMSE") if c in wide.columns] + sorted(c for c in wide.columns
+                                                                           if c.startswith("NDCG"))
+    order = [*SCENARIOS, ALL]
+    n = metrics[metrics["metric"] == "MAE"].drop_duplicates("scenario").set_index("scenario")["n"]
+    table = wide.reindex(index=order, columns=metric_cols)
+    table["n"] = n.reindex(order).fillna(0).astype("int64")
+    table.index.name = "scenario"
+    return table
+
+
 def _ordered(values: pd.Series, first: tuple[str, ...] = ()) -> list:
     seen = list(dict.fromkeys(values))
     return [v for v in first if v in seen] + [v for v in seen if v not in first]

@@ -303,3 +303,25 @@ def test_evaluate_refuses_non_finite_weights(maml_run, tmp_path, capsys):
     assert code == 3, (out, err)
     assert "holds non-finite weights" in err and "diverged" in err and "NaN" not in out
     assert not (tmp_path / "nan-evaluation.json").exists()
+
+
+# -- J: a scenario without test ratings ----------------------------------------------------------------
+
+@pytest.mark.bad_input(case="test users with no rating in one scenario (e.g. no C-C ratings)",
+                       handling="the scenario is listed with n = 0 and undefined (—) metrics, not dropped")
+def test_a_scenario_without_ratings_is_shown_with_n_0(capsys):
+    from helpers import tiny_batch
+
+    from mamo_lite.cli import _print_table
+    from mamo_lite.evaluate import scenario_metrics
+
+    batch = tiny_batch(n_users=4, n_query=5, seed=3)
+    batch.query_scenario = batch.query_scenario % 3  # W-W, W-C, C-W only
+    pred = torch.full(batch.query_y.shape, 3.0)
+    metrics = scenario_metrics(pred, batch, method="m", dataset="d", seed=0, rating_range=(1, 5))
+    _print_table("test users (4):", metrics)
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:] if line.strip()}
+    assert rows["C-C"][1:] == ["—", "—", "—", "0"]
+    assert "no test ratings in C-C (n = 0)" in out
+    assert [r for r in rows if r in ("W-W", "W-C", "C-W", "C-C", "all")] == ["W-W", "W-C", "C-W", "C-C", "all"]
