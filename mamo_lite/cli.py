@@ -19,6 +19,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 import types
 import typing
@@ -61,7 +62,7 @@ what a checkpoint contains:
 """
 
 
-EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_WRITE = 2, 3, 4
 
 EXIT_HELP = """\
 exit status:
@@ -69,6 +70,8 @@ exit status:
   2  bad input: a wrong option or value, missing data, an unusable checkpoint, ... (nothing is trained)
   3  the run diverged (train: the loss exploded, see the message for the likely fix; the checkpoint,
      if any, holds the last healthy epoch) or the learner's predictions are not finite (evaluate)
+  4  the results (printed above the error) could not be written: the disk is full or the folder
+     became unwritable during the run (a folder that is unwritable at the start is status 2)
 """
 
 MEMORY_ENV = "MAMO_LITE_MAX_MEMORY_GIB"
@@ -295,7 +298,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     e.add_argument("--path", choices=("vmap", "loop"), default="vmap", help="vmap or per-user loop")
     e.add_argument("--steps", type=_int, help="local updates per test user (default: the method's own)")
-    e.add_argument("--out", metavar="FILE", help="JSON output (default: CHECKPOINT's folder/<name>-evaluation.json)")
+    e.add_argument("--out", metavar="FILE", help="JSON output, or a folder to write <name>-evaluation.json into "
+                                                 "(default: CHECKPOINT's folder/<name>-evaluation.json)")
     data_options(e)
 
     m = sub.add_parser("methods", help="list the methods and their default hyper-parameters",
@@ -344,6 +348,31 @@ def _spec_mismatch(trained, data, dataset: str) -> str | None:
 
 def _write_json(path: Path, obj: dict) -> None:
     atomic_write_text(path, json.dumps(json_safe(obj), indent=2) + "\n")
+
+
+def _check_writable(folder: Path, option: str) -> None:
+    """Create ``folder`` if needed and a probe file in it, before any long computation."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".mamo-lite-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise CLIError(f"{option} {str(folder)!r}: cannot write there ({e.strerror or e}); choose a writable "
+                       "folder") from None
+
+
+def _write_outputs(writes: list[tuple[Path, Any]], command: str) -> list[Path]:
+    """Run each ``(path, write)``; report every failure. Returns the paths that could not be written."""
+    failed = []
+    for path, write in writes:
+        try:
+            write()
+        except OSError as e:
+            print(f"mamo-lite {command}: error: could not write {path} ({e.strerror or e}); the results "
+                  "printed above are not saved there", file=sys.stderr)
+            failed.append(path)
+    return failed
 
 
 def _device(name: str):
@@ -447,6 +476,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _preflight(args.method, data.spec, args.dataset, overrides, args.max_memory)
     seed_everything(args.seed)
     learner = build_learner(args.method, data.spec, args.dataset, overrides=overrides)
+    _check_writable(out, "--out")
 
     print(f"training {args.method} on {args.dataset} ({size.name} preset, {epochs} epoch(s), seed {args.seed}, "
           f"device {device}, {args.path} path)", flush=True)
@@ -464,11 +494,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     extra = {"preset": size.name, "epochs": epochs, "overrides": overrides, "path": args.path,
              "max_test_users": size.max_test_users, "eval_chunk": size.eval_chunk, "best_val": result.best_val}
-    if metrics is not None:  # a run that diverged in its first epoch has nothing worth keeping
-        timeless = result.history[result.history["metric"] != "seconds"]  # timings go to metrics.json only
-        save_checkpoint(out / "checkpoint.pt", learner, method=args.method, dataset=args.dataset,
-                        optimizer=result.optimizer, epoch=result.best_epoch, history=timeless,
-                        data_provenance=data.provenance, seed=args.seed, extra=extra)
     report = {
         "command": "train", "method": args.method, "dataset": args.dataset, "seed": args.seed,
         "device": str(device), "path": args.path, "preset": size.to_dict(), "epochs": epochs,
@@ -484,16 +509,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
                          "total": time.perf_counter() - start},
         "checkpoint": "checkpoint.pt" if metrics is not None else None,
     }
-    _write_json(out / "metrics.json", report)
     if metrics is not None:
         _print_table(f"\ntest users ({len(test)}), best epoch {result.best_epoch} of {result.epochs_run}:", metrics)
-    written = [out / "checkpoint.pt"] if metrics is not None else []
-    print(f"\nwrote {' and '.join(map(str, [*written, out / 'metrics.json']))} "
-          f"({report['wall_seconds']['total']:.1f} s)")
+    writes = [(out / "metrics.json", lambda: _write_json(out / "metrics.json", report))]
+    if metrics is not None:  # a run that diverged in its first epoch has nothing worth keeping
+        timeless = result.history[result.history["metric"] != "seconds"]  # timings go to metrics.json only
+        writes.insert(0, (out / "checkpoint.pt", lambda: save_checkpoint(
+            out / "checkpoint.pt", learner, method=args.method, dataset=args.dataset, optimizer=result.optimizer,
+            epoch=result.best_epoch, history=timeless, data_provenance=data.provenance, seed=args.seed,
+            extra=extra)))
+    failed = _write_outputs(writes, "train")
+    written = [path for path, _ in writes if path not in failed]
+    if written:
+        print(f"\nwrote {' and '.join(map(str, written))} ({report['wall_seconds']['total']:.1f} s)")
     if diverged:
         _report_divergence(args.method, learner.config, diverged, result.best_epoch)
         return EXIT_DIVERGED
-    return 0
+    return EXIT_WRITE if failed else 0
 
 
 def _report_divergence(method: str, meta, message: str, best_epoch: int) -> None:
@@ -519,6 +551,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         learner, info = load_checkpoint(args.checkpoint, device=device)
     except CheckpointError as e:
         raise CLIError(str(e)) from None
+    ckpt = Path(args.checkpoint)
+    out = Path(args.out) if args.out else ckpt.with_name(f"{ckpt.stem}-evaluation.json")
+    if out.is_dir():  # --out DIR: the default file name inside it
+        out = out / f"{ckpt.stem}-evaluation.json"
+    _check_writable(out.parent, "--out")
     data = _load_data(info["dataset"], args.data_dir, seed=info["seed"], download=args.download)
     mismatch = _spec_mismatch(info["spec"], data.spec, info["dataset"])
     if mismatch:
@@ -541,17 +578,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
               f"(after {'its own' if args.steps is None else args.steps} local steps): the adaptation diverges; "
               "try fewer --steps or retrain with a smaller local_lr", file=sys.stderr)
         return EXIT_DIVERGED
-    ckpt = Path(args.checkpoint)
-    out = Path(args.out) if args.out else ckpt.with_name(f"{ckpt.stem}-evaluation.json")
-    _write_json(out, {
+    _print_table(f"{info['method']} on {info['dataset']} (epoch {info['epoch']}, seed {info['seed']}), "
+                 f"test users ({len(test)}):", metrics)
+    report = {
         "command": "evaluate", "checkpoint": str(ckpt), "method": info["method"], "dataset": info["dataset"],
         "seed": info["seed"], "epoch": info["epoch"], "device": str(device), "path": args.path, "steps": args.steps,
         "users": {"test": len(test)}, "metrics": metrics.to_dict(orient="records"),
         "provenance": data.provenance, "versions": versions(device),
         "wall_seconds": time.perf_counter() - start,
-    })
-    _print_table(f"{info['method']} on {info['dataset']} (epoch {info['epoch']}, seed {info['seed']}), "
-                 f"test users ({len(test)}):", metrics)
+    }
+    if _write_outputs([(out, lambda: _write_json(out, report))], "evaluate"):
+        return EXIT_WRITE
     print(f"\nwrote {out}")
     return 0
 

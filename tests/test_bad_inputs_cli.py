@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 
 import pytest
@@ -325,3 +326,48 @@ def test_a_scenario_without_ratings_is_shown_with_n_0(capsys):
     assert rows["C-C"][1:] == ["—", "—", "—", "0"]
     assert "no test ratings in C-C (n = 0)" in out
     assert [r for r in rows if r in ("W-W", "W-C", "C-W", "C-C", "all")] == ["W-W", "W-C", "C-W", "C-C", "all"]
+
+
+# -- E: outputs that cannot be written ------------------------------------------------------------------
+
+@pytest.mark.bad_input(case="--out in a place that cannot be written (under a file, a read-only folder)",
+                       handling="exit 2 before training: a probe file is written first")
+def test_an_unwritable_out_is_refused_before_training(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    code, out, err = run(train("maml", tmp_path / "notes.txt" / "run"), capsys)
+    assert code == 2, (out, err)
+    assert "cannot write there" in err and "Traceback" not in err and "training" not in out
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_out_is_refused_before_training(tmp_path, capsys):
+    (tmp_path / "ro").mkdir(mode=0o500)
+    code, out, err = run(train("maml", tmp_path / "ro" / "run"), capsys)
+    assert code == 2 and "cannot write there" in err and "training" not in out
+
+
+@pytest.mark.bad_input(case="the disk fills up (or the folder becomes read-only) while a run is training",
+                       handling="the results are printed first; the failed write is named, exit 4")
+def test_a_failed_write_after_training_keeps_the_printed_results(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import mamo_lite.checkpoint as checkpoint_mod
+
+    def full_disk(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_mod, "atomic_torch_save", full_disk)
+    code, out, err = run(train("maml", tmp_path / "run"), capsys)
+    assert code == 4, (out, err)
+    assert "C-W" in out and "MAE" in out  # the test table came first
+    assert "could not write" in err and "checkpoint.pt (No space left on device)" in err and "Traceback" not in err
+    assert (tmp_path / "run" / "metrics.json").is_file()  # what could be written was written
+
+
+@pytest.mark.bad_input(case="evaluate --out DIR, an existing folder",
+                       handling="writes DIR/<checkpoint name>-evaluation.json")
+def test_evaluate_out_may_be_a_folder(maml_run, tmp_path, capsys):
+    code, _, err = run(["evaluate", str(maml_run / "checkpoint.pt"), "--device", "cpu", "--out", str(tmp_path)],
+                         capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "checkpoint-evaluation.json").read_text())["command"] == "evaluate"
