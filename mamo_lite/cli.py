@@ -54,6 +54,16 @@ where data comes from:
   <data dir>/book-crossing/. 'synthetic' is generated offline from the seed.
 """
 
+RESUME_HELP = """\
+what --resume guarantees:
+  after every epoch a run saves OUT/last.pt (that epoch's weights, memories, optimiser state and
+  curves) and, when validation improves, OUT/checkpoint.pt. --resume continues from last.pt with the
+  same method, dataset, seed, preset and --set values (it refuses others) until --epochs in all:
+  epochs are numbered on, the optimiser state carries over, and the best epoch is chosen over the
+  whole run. It is not bit-identical to an uninterrupted run: the training users' shuffle starts
+  again from the seed, and --preset full's patience counts from the resume point.
+"""
+
 CHECKPOINT_HELP = """\
 what a checkpoint contains:
   the method, dataset and every configuration (network, meta-learning, MAMO memories), the feature
@@ -265,7 +275,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Meta-train METHOD on DATASET (Algorithm 1), keep the epoch with the best validation "
                     "MAE, evaluate it on the test users per scenario (W-W, W-C, C-W, C-C), and write "
                     "OUT/checkpoint.pt and OUT/metrics.json.",
-        epilog=f"methods:\n{methods_text}\n\npresets:\n{presets_text}\n\n{CHECKPOINT_HELP}\n{DATA_HELP}\n{EXIT_HELP}")
+        epilog=f"methods:\n{methods_text}\n\npresets:\n{presets_text}\n\n{CHECKPOINT_HELP}\n{RESUME_HELP}\n"
+               f"{DATA_HELP}\n{EXIT_HELP}")
     t.add_argument("--method", required=True, choices=list(METHOD_HELP), help="which meta-learner")
     t.add_argument("--dataset", required=True, choices=DATASETS, help="which dataset")
     t.add_argument("--preset", default="book", choices=list(PRESETS),
@@ -284,6 +295,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--max-memory", type=_positive_float, metavar="GIB",
                    help="refuse a network whose estimated training memory exceeds GIB gibibytes (default: "
                         f"${MEMORY_ENV}, else {DEFAULT_MAX_MEMORY_GIB:g})")
+    again = t.add_mutually_exclusive_group()
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in --out (its checkpoint.pt, last.pt and metrics.json)")
+    again.add_argument("--resume", action="store_true",
+                       help="continue the interrupted run in --out from OUT/last.pt up to --epochs (see below)")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show progress bars (default: only in a terminal)")
     data_options(t)
@@ -455,11 +471,52 @@ def _print_table(title: str, metrics: pd.DataFrame) -> None:
 
 # -- commands -------------------------------------------------------------------------------------
 
+RUN_FILES = ("checkpoint.pt", "last.pt", "metrics.json")
+
+
+def _describe_run(out: Path) -> str:
+    """What an existing run folder holds, in a few words (from its metrics.json when readable)."""
+    try:
+        r = json.loads((out / "metrics.json").read_text())
+        return f"{r['method']} on {r['dataset']}, seed {r['seed']}, {r['epochs_run']} epoch(s)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ", ".join(f for f in RUN_FILES if (out / f).exists())
+
+
+def _resume_state(out: Path, args: argparse.Namespace, size, epochs: int, overrides: dict, device):
+    """The learner, optimiser and bookkeeping of ``out/last.pt``, checked against this command."""
+    from mamo_lite.checkpoint import CheckpointError, load_checkpoint
+
+    if not (out / "last.pt").is_file():
+        raise CLIError(f"--resume: {str(out)!r} has no last.pt to continue from (a run writes it after each "
+                       "epoch); train again with --overwrite")
+    try:
+        learner, info = load_checkpoint(out / "last.pt", device=device)
+    except CheckpointError as e:
+        raise CLIError(f"--resume: {e}") from None
+    extra = info["extra"]
+    saved = {"method": info["method"], "dataset": info["dataset"], "seed": info["seed"], "preset": extra.get("preset")}
+    asked = {"method": args.method, "dataset": args.dataset, "seed": args.seed, "preset": size.name}
+    if args.overrides:
+        saved["overrides"], asked["overrides"] = json_safe(extra.get("overrides", {})), json_safe(overrides)
+    differ = [f"{k} {saved[k]!r} (asked: {asked[k]!r})" for k in asked if saved[k] != asked[k]]
+    if differ:
+        raise CLIError(f"--resume: {str(out)!r} holds a run with {', '.join(differ)}; resume it with the same "
+                       "--method, --dataset, --seed, --preset and --set values, or start a new run")
+    if info["epoch"] >= epochs:
+        raise CLIError(f"--resume: {str(out)!r} has already run {info['epoch']} of {epochs} epoch(s); "
+                       f"ask for more with --epochs N (N > {info['epoch']})")
+    return learner, info
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from mamo_lite.checkpoint import save_checkpoint
+    import pandas as pd
+
+    from mamo_lite.checkpoint import load_checkpoint, save_checkpoint
+    from mamo_lite.meta.engine import make_optimizer
     from mamo_lite.meta.methods import build_learner, learner_configs
     from mamo_lite.presets import preset
-    from mamo_lite.train import evaluate_learner, fit, subset_users
+    from mamo_lite.train import HISTORY_COLUMNS, evaluate_learner, fit, subset_users
     from mamo_lite.utils import seed_everything, versions
 
     start = time.perf_counter()
@@ -470,38 +527,84 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/{args.method}-{args.dataset}-seed{args.seed}")
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {str(out)!r} exists and is not a folder")
+    existing = [f for f in RUN_FILES if (out / f).exists()]
+    if existing and not (args.overwrite or args.resume):
+        raise CLIError(f"--out {str(out)!r} already holds a run ({_describe_run(out)}); pass --overwrite to "
+                       "replace it, --resume to continue it, or choose another --out")
 
     data = _load_data(args.dataset, args.data_dir, seed=args.seed, download=args.download)
     loaded = time.perf_counter()
-    _preflight(args.method, data.spec, args.dataset, overrides, args.max_memory)
-    seed_everything(args.seed)
-    learner = build_learner(args.method, data.spec, args.dataset, overrides=overrides)
+    done, rows, best = 0, [], {"epoch": 0, "MAE": math.inf, "val": {}}
+    if args.resume:
+        learner, info = _resume_state(out, args, size, epochs, overrides, device)
+        overrides, optimizer, done = info["extra"].get("overrides", {}), info["optimizer"], info["epoch"]
+        rows = [tuple(r) for r in info["history"].itertuples(index=False)]
+        best = {"epoch": info["extra"]["best_epoch"], "MAE": info["extra"]["best_val"].get("MAE", math.inf),
+                "val": info["extra"]["best_val"]}
+    else:
+        _preflight(args.method, data.spec, args.dataset, overrides, args.max_memory)
+        seed_everything(args.seed)
+        learner = build_learner(args.method, data.spec, args.dataset, overrides=overrides)
+        optimizer = make_optimizer(learner)
     _check_writable(out, "--out")
+    if args.overwrite:
+        for name in existing:
+            (out / name).unlink()
 
-    print(f"training {args.method} on {args.dataset} ({size.name} preset, {epochs} epoch(s), seed {args.seed}, "
-          f"device {device}, {args.path} path)", flush=True)
-    result = fit(learner, data, epochs=epochs, seed=args.seed, device=device, path=args.path,
+    extra = {"preset": size.name, "epochs": epochs, "overrides": overrides, "path": args.path,
+             "max_test_users": size.max_test_users, "eval_chunk": size.eval_chunk}
+
+    def save(name: str, epoch: int) -> None:
+        history = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+        save_checkpoint(out / name, learner, method=args.method, dataset=args.dataset, optimizer=optimizer,
+                        epoch=epoch, history=history, data_provenance=data.provenance, seed=args.seed,
+                        extra={**extra, "best_epoch": best["epoch"], "best_val": best["val"]})
+
+    def after_epoch(epoch: int, metrics: dict[str, float], _learner) -> None:
+        """Keep the run resumable: checkpoint.pt is the best epoch so far, last.pt the last one."""
+        epoch += done
+        rows.extend((epoch, *k.split("_", 1), v) for k, v in metrics.items() if not k.endswith("seconds"))
+        mae = metrics.get("val_MAE")
+        names = ["last.pt"]
+        if mae is None or mae < best["MAE"]:
+            best.update(epoch=epoch, MAE=math.inf if mae is None else mae,
+                        val={k[4:]: v for k, v in metrics.items() if k.startswith("val_") and k != "val_seconds"})
+            names.insert(0, "checkpoint.pt")
+        for name in names:
+            try:
+                save(name, epoch)
+            except OSError as e:  # keep training; the final writes report what is lost
+                print(f"warning: could not save {out / name} after epoch {epoch} ({e.strerror or e}); the run "
+                      "goes on, but cannot be resumed from here", file=sys.stderr)
+
+    print(f"{'resuming' if done else 'training'} {args.method} on {args.dataset} ({size.name} preset, "
+          f"{f'epochs {done + 1}–{epochs}' if done else f'{epochs} epoch(s)'}, seed {args.seed}, device {device}, "
+          f"{args.path} path)", flush=True)
+    result = fit(learner, data, epochs=epochs - done, seed=args.seed, device=device, path=args.path,
                  patience=size.patience, max_train_users=size.max_train_users, max_val_users=size.max_val_users,
-                 eval_chunk=size.eval_chunk, progress=args.progress)
+                 eval_chunk=size.eval_chunk, optimizer=optimizer, progress=args.progress, callback=after_epoch)
     trained = time.perf_counter()
+    if best["epoch"] != done + result.best_epoch and best["epoch"] > 0:  # the best epoch came before --resume
+        learner, info = load_checkpoint(out / "checkpoint.pt", device=device)
+        optimizer = info["optimizer"]
     diverged = result.diverged
     test = subset_users(data.tasks("test"), size.max_test_users, args.seed)
     metrics = None
-    if not diverged or result.best_epoch > 0:
+    if best["epoch"] > 0:
         metrics = evaluate_learner(learner, test, method=args.method, dataset=args.dataset, seed=args.seed,
                                    path=args.path, chunk=size.eval_chunk)
     evaluated = time.perf_counter()
 
-    extra = {"preset": size.name, "epochs": epochs, "overrides": overrides, "path": args.path,
-             "max_test_users": size.max_test_users, "eval_chunk": size.eval_chunk, "best_val": result.best_val}
+    history = result.history.assign(epoch=result.history["epoch"] + done)
     report = {
         "command": "train", "method": args.method, "dataset": args.dataset, "seed": args.seed,
         "device": str(device), "path": args.path, "preset": size.to_dict(), "epochs": epochs,
-        "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
-        "diverged": diverged, "best_val": result.best_val,
+        "resumed_from_epoch": done or None, "best_epoch": best["epoch"], "epochs_run": done + result.epochs_run,
+        "stopped_early": result.stopped_early, "diverged": diverged, "best_val": best["val"],
         "users": {"train": result.n_train_users, "val": result.n_val_users, "test": len(test)},
         "metrics": metrics.to_dict(orient="records") if metrics is not None else [],
-        "history": result.history.to_dict(orient="records"),
+        "history": [*[dict(zip(HISTORY_COLUMNS, r, strict=True)) for r in rows if r[0] <= done],
+                    *history.to_dict(orient="records")],
         "provenance": data.provenance, "release": data.release,
         "configs": {k: (c.to_dict() if c is not None else None) for k, c in learner_configs(learner).items()},
         "overrides": overrides, "versions": versions(device),
@@ -510,20 +613,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "checkpoint": "checkpoint.pt" if metrics is not None else None,
     }
     if metrics is not None:
-        _print_table(f"\ntest users ({len(test)}), best epoch {result.best_epoch} of {result.epochs_run}:", metrics)
+        _print_table(f"\ntest users ({len(test)}), best epoch {best['epoch']} of {done + result.epochs_run}:",
+                     metrics)
     writes = [(out / "metrics.json", lambda: _write_json(out / "metrics.json", report))]
     if metrics is not None:  # a run that diverged in its first epoch has nothing worth keeping
-        timeless = result.history[result.history["metric"] != "seconds"]  # timings go to metrics.json only
-        writes.insert(0, (out / "checkpoint.pt", lambda: save_checkpoint(
-            out / "checkpoint.pt", learner, method=args.method, dataset=args.dataset, optimizer=result.optimizer,
-            epoch=result.best_epoch, history=timeless, data_provenance=data.provenance, seed=args.seed,
-            extra=extra)))
+        writes.insert(0, (out / "checkpoint.pt", lambda: save("checkpoint.pt", best["epoch"])))
     failed = _write_outputs(writes, "train")
     written = [path for path, _ in writes if path not in failed]
     if written:
         print(f"\nwrote {' and '.join(map(str, written))} ({report['wall_seconds']['total']:.1f} s)")
     if diverged:
-        _report_divergence(args.method, learner.config, diverged, result.best_epoch)
+        _report_divergence(args.method, learner.config, diverged, best["epoch"])
         return EXIT_DIVERGED
     return EXIT_WRITE if failed else 0
 
@@ -641,7 +741,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mamo-lite {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        hint = "; continue the run with the same command plus --resume" if args.command == "train" else ""
+        print(f"interrupted{hint}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `mamo-lite methods | head`
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (silence the flush at exit)

@@ -371,3 +371,63 @@ def test_evaluate_out_may_be_a_folder(maml_run, tmp_path, capsys):
                          capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "checkpoint-evaluation.json").read_text())["command"] == "evaluate"
+
+
+# -- F: --out already holds a run; --overwrite and --resume ------------------------------------------------
+
+@pytest.mark.bad_input(case="--out already holds a run (of this or another method)",
+                       handling="exit 2 before training: --overwrite replaces it, --resume continues it")
+def test_an_existing_run_is_not_overwritten_silently(maml_run, tmp_path, capsys):
+    before = (maml_run / "checkpoint.pt").read_bytes()
+    code, out, err = run(train("mamo", maml_run), capsys)
+    assert code == 2, (out, err)
+    assert "already holds a run (maml on synthetic, seed 0, 1 epoch(s))" in err
+    assert "--overwrite" in err and "--resume" in err and "training" not in out
+    assert (maml_run / "checkpoint.pt").read_bytes() == before
+
+
+def test_overwrite_replaces_the_run_and_its_stale_files(tmp_path, capsys):
+    assert run(train("maml", tmp_path / "run"), capsys)[0] == 0
+    (tmp_path / "run" / "last.pt").unlink()
+    code, _, err = run(train("melu", tmp_path / "run", "--overwrite", "--set", "global_optimizer=sgd",
+                             "--set", "global_lr=1e30"), capsys)
+    assert code == 3 and "diverged" in err  # no healthy epoch: no checkpoint, and no stale maml one either
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["metrics.json"]
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+@pytest.mark.bad_input(case="a run interrupted before its last epoch",
+                       handling="--resume continues from OUT/last.pt: epochs numbered on, optimiser state kept")
+def test_train_2_epochs_equals_train_1_then_resume_1(tmp_path, capsys):
+    one_batch = ["--set", "users_per_batch=64"]  # all 48 training users in one meta-batch (see the note)
+    assert run(train("maml", tmp_path / "straight", "--epochs", "2", *one_batch), capsys)[0] == 0
+    assert run(train("maml", tmp_path / "split", "--epochs", "1", *one_batch), capsys)[0] == 0
+    code, out, err = run(train("maml", tmp_path / "split", "--epochs", "2", "--resume"), capsys)
+    assert code == 0, err
+    assert "resuming maml on synthetic (smoke preset, epochs 2–2" in out
+    straight, split = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("straight", "split"))
+    assert split["resumed_from_epoch"] == 1 and split["epochs_run"] == 2 == straight["epochs_run"]
+    assert split["best_epoch"] == straight["best_epoch"]
+    assert [(r["epoch"], r["metric"]) for r in split["history"] if r["metric"] != "seconds"] == \
+        [(r["epoch"], r["metric"]) for r in straight["history"] if r["metric"] != "seconds"]
+    # With one meta-batch a restarted shuffle only reorders the users inside it: the same update up to
+    # the order of a floating-point sum. (With several meta-batches the batches themselves differ.)
+    for name in ("checkpoint.pt", "last.pt"):
+        a, b = _weights(tmp_path / "straight" / name), _weights(tmp_path / "split" / name)
+        assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a), name
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["optimizer"]["state"]
+    b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)["optimizer"]["state"]
+    assert all(float(a[i]["step"]) == float(b[i]["step"]) == 2 for i in a)  # Adam's state carried over
+
+
+def test_resume_refuses_another_method_or_a_finished_run(tmp_path, capsys):
+    assert run(train("maml", tmp_path / "run"), capsys)[0] == 0
+    code, _, err = run(train("mamo", tmp_path / "run", "--resume", "--epochs", "2"), capsys)
+    assert code == 2 and "holds a run with method 'maml' (asked: 'mamo')" in err
+    code, _, err = run(train("maml", tmp_path / "run", "--resume"), capsys)
+    assert code == 2 and "has already run 1 of 1 epoch(s); ask for more with --epochs N (N > 1)" in err
+    code, _, err = run(train("maml", tmp_path / "empty", "--resume"), capsys)
+    assert code == 2 and "has no last.pt to continue from" in err
