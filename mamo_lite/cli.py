@@ -510,7 +510,6 @@ def _resume_state(out: Path, args: argparse.Namespace, size, epochs: int, overri
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-
     from mamo_lite.checkpoint import load_checkpoint, save_checkpoint
     from mamo_lite.meta.engine import make_optimizer
     from mamo_lite.meta.methods import build_learner, learner_configs
