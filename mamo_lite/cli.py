@@ -60,8 +60,9 @@ what --resume guarantees:
   curves) and, when validation improves, OUT/checkpoint.pt. --resume continues from last.pt with the
   same method, dataset, seed, preset and --set values (it refuses others) until --epochs in all:
   epochs are numbered on, the optimiser state carries over, and the best epoch is chosen over the
-  whole run. It is not bit-identical to an uninterrupted run: the training users' shuffle starts
-  again from the seed, and --preset full's patience counts from the resume point.
+  whole run. The training users come in the order the uninterrupted run would use, so an
+  interrupted and resumed run trains like an uninterrupted one; only --preset full's patience
+  counts from the resume point.
 """
 
 CHECKPOINT_HELP = """\
@@ -514,7 +515,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from mamo_lite.meta.engine import make_optimizer
     from mamo_lite.meta.methods import build_learner, learner_configs
     from mamo_lite.presets import preset
-    from mamo_lite.train import HISTORY_COLUMNS, evaluate_learner, fit, subset_users
+    from mamo_lite.train import HISTORY_COLUMNS, NonFinitePredictionError, evaluate_learner, fit, subset_users
     from mamo_lite.utils import seed_everything, versions
 
     start = time.perf_counter()
@@ -560,7 +561,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     def after_epoch(epoch: int, metrics: dict[str, float], _learner) -> None:
         """Keep the run resumable: checkpoint.pt is the best epoch so far, last.pt the last one."""
-        epoch += done
         rows.extend((epoch, *k.split("_", 1), v) for k, v in metrics.items() if not k.endswith("seconds"))
         mae = metrics.get("val_MAE")
         names = ["last.pt"]
@@ -578,22 +578,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"{'resuming' if done else 'training'} {args.method} on {args.dataset} ({size.name} preset, "
           f"{f'epochs {done + 1}–{epochs}' if done else f'{epochs} epoch(s)'}, seed {args.seed}, device {device}, "
           f"{args.path} path)", flush=True)
-    result = fit(learner, data, epochs=epochs - done, seed=args.seed, device=device, path=args.path,
+    result = fit(learner, data, epochs=epochs - done, start_epoch=done, seed=args.seed, device=device, path=args.path,
                  patience=size.patience, max_train_users=size.max_train_users, max_val_users=size.max_val_users,
                  eval_chunk=size.eval_chunk, optimizer=optimizer, progress=args.progress, callback=after_epoch)
     trained = time.perf_counter()
-    if best["epoch"] != done + result.best_epoch and best["epoch"] > 0:  # the best epoch came before --resume
+    if best["epoch"] != result.best_epoch and best["epoch"] > 0:  # the best epoch came before --resume
         learner, info = load_checkpoint(out / "checkpoint.pt", device=device)
         optimizer = info["optimizer"]
     diverged = result.diverged
     test = subset_users(data.tasks("test"), size.max_test_users, args.seed)
     metrics = None
     if best["epoch"] > 0:
-        metrics = evaluate_learner(learner, test, method=args.method, dataset=args.dataset, seed=args.seed,
-                                   path=args.path, chunk=size.eval_chunk)
+        try:
+            metrics = evaluate_learner(learner, test, method=args.method, dataset=args.dataset, seed=args.seed,
+                                       path=args.path, chunk=size.eval_chunk)
+        except NonFinitePredictionError as e:
+            diverged = diverged or f"diverged (test predictions not finite: {e})"
     evaluated = time.perf_counter()
 
-    history = result.history.assign(epoch=result.history["epoch"] + done)
+    history = result.history
     report = {
         "command": "train", "method": args.method, "dataset": args.dataset, "seed": args.seed,
         "device": str(device), "path": args.path, "preset": size.to_dict(), "epochs": epochs,
@@ -638,7 +641,7 @@ def _report_divergence(method: str, meta, message: str, best_epoch: int) -> None
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from mamo_lite.checkpoint import CheckpointError, load_checkpoint
-    from mamo_lite.train import evaluate_learner, subset_users
+    from mamo_lite.train import NonFinitePredictionError, evaluate_learner, subset_users
     from mamo_lite.utils import versions
 
     start = time.perf_counter()
@@ -669,12 +672,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
               "diverged; retrain with smaller learning rates (--set global_lr=..., local_lr=...)", file=sys.stderr)
         return EXIT_DIVERGED
     test = subset_users(data.tasks("test"), info["extra"].get("max_test_users"), info["seed"])
-    metrics = evaluate_learner(learner, test, method=info["method"], dataset=info["dataset"], seed=info["seed"],
-                               steps=args.steps, path=args.path, chunk=info["extra"].get("eval_chunk", 256))
-    if (metrics["value"].isna() & (metrics["n"] > 0)).any():
-        print(f"mamo-lite evaluate: error: the predictions of {args.checkpoint} on the test users are not finite "
-              f"(after {'its own' if args.steps is None else args.steps} local steps): the adaptation diverges; "
-              "try fewer --steps or retrain with a smaller local_lr", file=sys.stderr)
+    try:
+        metrics = evaluate_learner(learner, test, method=info["method"], dataset=info["dataset"], seed=info["seed"],
+                                   steps=args.steps, path=args.path, chunk=info["extra"].get("eval_chunk", 256))
+    except NonFinitePredictionError as e:
+        print(f"mamo-lite evaluate: error: {args.checkpoint} on the test users: {e} (--steps; retrain with "
+              "--set local_lr=...)", file=sys.stderr)
         return EXIT_DIVERGED
     _print_table(f"{info['method']} on {info['dataset']} (epoch {info['epoch']}, seed {info['seed']}), "
                  f"test users ({len(test)}):", metrics)

@@ -28,8 +28,8 @@ from torch.func import grad
 from mamo_lite.data.tasks import TaskBatch
 from mamo_lite.memories import attention, attentive_write_sequence, personal_bias, read
 from mamo_lite.meta.engine import MetaConfig, MetaLearner, Params
-from mamo_lite.models.recommender import EmbeddingRecommender, check_range
-from mamo_lite.utils import check_literal_fields
+from mamo_lite.models.recommender import EmbeddingRecommender
+from mamo_lite.utils import check_literal_fields, check_range
 
 
 @dataclass(frozen=True)

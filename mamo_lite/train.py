@@ -39,7 +39,7 @@ from mamo_lite.metrics import aggregate
 from mamo_lite.utils import progress as progress_bar
 from mamo_lite.utils import resolve_device, seed_everything
 
-__all__ = ["DIVERGENCE_LOSS", "FitResult", "divergence_message", "evaluate_learner", "fit", "shown_loss",
+__all__ = ["DIVERGENCE_LOSS", "FitResult", "NonFinitePredictionError", "divergence_message", "evaluate_learner", "fit", "shown_loss",
            "subset_users", "val_metrics"]
 
 HISTORY_COLUMNS = ["epoch", "split", "metric", "value"]
@@ -47,6 +47,10 @@ DIVERGENCE_LOSS = 1e6  # a mean query loss above this (or not finite) means the 
 
 # callback(epoch, metrics of that epoch, learner) -> True to stop training
 Callback = Callable[[int, dict[str, float], MetaLearner], bool | None]
+
+
+class NonFinitePredictionError(ArithmeticError):
+    """Some adapted predictions are NaN or ±inf: the local adaptation diverges (clipping would hide it)."""
 
 
 @dataclass
@@ -160,6 +164,7 @@ def fit(
     progress: bool | None = None,
     callback: Callback | None = None,
     max_loss: float = DIVERGENCE_LOSS,
+    start_epoch: int = 0,
 ) -> FitResult:
     """Meta-train ``learner`` for ``epochs`` epochs (Algorithm 1) and keep its best validation epoch.
 
@@ -172,6 +177,11 @@ def fit(
     ``callback(epoch, metrics, learner)`` runs after each epoch; returning True stops training.
     ``max_loss``: a meta-batch whose mean query loss exceeds it (or is not finite) stops the run as
     diverged (see ``FitResult.diverged``); an epoch whose validation MAE is not finite does too.
+    ``start_epoch``: continue a run that has already trained that many epochs (with the learner and
+    ``optimizer`` saved after them): epochs are numbered from ``start_epoch + 1`` and the training users
+    come in the order an uninterrupted run would use, so ``k`` epochs then ``n - k`` more with
+    ``start_epoch=k`` train exactly like ``n`` epochs. Best-epoch selection and ``patience`` look only
+    at the epochs of this call; ``best_epoch == start_epoch`` means none of them improved on the start.
 
     Seeds everything with ``seed`` first; training users are reshuffled every epoch with a generator
     seeded by ``seed``. The learner is moved to ``device`` and trained in place.
@@ -180,6 +190,8 @@ def fit(
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     if patience is not None and patience < 1:
         raise ValueError(f"patience must be a positive integer or None, got {patience!r}")
+    if not isinstance(start_epoch, int) or start_epoch < 0:
+        raise ValueError(f"start_epoch must be a non-negative integer, got {start_epoch!r}")
     if not (isinstance(max_loss, int | float) and math.isfinite(max_loss) and max_loss > 0):
         raise ValueError(f"max_loss must be a finite positive number, got {max_loss!r}")
     train, held_out = _splits(data_or_batches, val)
@@ -191,6 +203,8 @@ def fit(
         held_out = held_out if len(held_out) else None
 
     generator = seed_everything(seed)
+    for _ in range(start_epoch):  # the shuffles of the epochs already trained (one permutation each)
+        torch.randperm(len(train), generator=generator)
     dev = resolve_device(device)
     learner.to(dev)
     train = train.to(dev)
@@ -200,7 +214,7 @@ def fit(
     size = learner.config.users_per_batch
     n_batches = math.ceil(len(train) / size)
     rows: list[tuple[int, str, str, float]] = []
-    best_epoch, best_mae, best_val = 0, math.inf, {}
+    best_epoch, best_mae, best_val = start_epoch, math.inf, {}
     # The last healthy state (the initial one to start with), restored if the run diverges.
     best_state: dict[str, torch.Tensor] = _clone_state(learner)
     best_opt: dict = copy.deepcopy(opt.state_dict())
@@ -208,9 +222,9 @@ def fit(
     diverged: str | None = None
     start = time.perf_counter()
     bar = progress_bar(total=epochs * n_batches, enabled=progress, desc="meta-training", unit="batch")
-    epoch = 0
+    epoch = start_epoch
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(start_epoch + 1, start_epoch + epochs + 1):
             learner.train()
             t0 = time.perf_counter()
             loss_sum = 0.0
@@ -248,10 +262,10 @@ def fit(
             bar.set_postfix(epoch=epoch, loss=f"{train_loss:.4f}",
                             **({"val_mae": f"{best_mae:.4f}"} if held_out is not None else {}))
             if callback is not None and callback(epoch, epoch_metrics, learner):
-                stopped_early = epoch < epochs
+                stopped_early = epoch < start_epoch + epochs
                 break
             if patience is not None and epoch - best_epoch >= patience:
-                stopped_early = epoch < epochs
+                stopped_early = epoch < start_epoch + epochs
                 break
     finally:
         bar.close()
@@ -260,7 +274,7 @@ def fit(
         learner.load_state_dict(best_state)
         opt.load_state_dict(best_opt)
     history = pd.DataFrame(rows, columns=HISTORY_COLUMNS).astype({"epoch": "int64", "value": "float64"})
-    return FitResult(history=history, best_epoch=best_epoch, epochs_run=epoch, best_val=best_val,
+    return FitResult(history=history, best_epoch=best_epoch, epochs_run=epoch - start_epoch, best_val=best_val,
                      optimizer=opt, seconds=time.perf_counter() - start, n_train_users=len(train),
                      n_val_users=len(held_out) if held_out is not None else 0, stopped_early=stopped_early,
                      diverged=diverged, diverged_epoch=epoch if diverged else None)
@@ -275,9 +289,19 @@ def evaluate_learner(learner: MetaLearner, batch: TaskBatch, *, method: str, dat
     (Algorithm 2, ``steps`` local updates; default the learner's own) on the learner's device, then
     scores them with :func:`mamo_lite.evaluate.scenario_metrics`, predictions clipped to the rating
     scale (extra keywords such as ``k``, ``clip`` and ``average`` go there).
+
+    Raises :class:`NonFinitePredictionError` if any prediction of a real query rating is NaN or ±inf
+    (clipping to the rating scale would otherwise turn an exploded adaptation into a plausible score).
     """
     dev = next(learner.parameters()).device
     learner.eval()
     pred = predict(learner, batch.to(dev), path=path, chunk=chunk, steps=steps).cpu()
+    real = batch.query_mask.cpu()
+    bad = int((~torch.isfinite(pred[real])).sum())
+    if bad:
+        raise NonFinitePredictionError(
+            f"{bad} of {int(real.sum())} adapted predictions are not finite (NaN or inf): the local adaptation "
+            f"diverges (after {'the learner' + chr(39) + 's own' if steps is None else steps} local steps); use fewer "
+            "steps or a smaller local_lr")
     return scenario_metrics(pred, batch.to("cpu"), method=method, dataset=dataset, seed=seed,
                             rating_range=learner.model.spec, **metric_kw)

@@ -15,10 +15,14 @@ import math
 import os
 import platform
 import random
+import re
+import stat
 import sys
 import tempfile
+import time
 import typing
 from collections.abc import Callable, Iterable
+from dataclasses import fields
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -209,10 +213,46 @@ def _umask() -> int:
     return mask
 
 
+STALE_TEMP_AGE_S = 15 * 60
+"""Our temporary files older than this (by mtime) are leftovers of a killed writer."""
+
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.(?:part|tmp)")  # tempfile.mkstemp(prefix=".<name>.", suffix=...)
+
+
+def remove_stale_temp_files(folder: str | Path, max_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
+    """Delete the temporary files of killed writers in ``folder``; returns what was removed.
+
+    Only regular files named like ours (``.<name>.<8 random characters>.part`` or ``.tmp``) whose
+    modification time is at least ``max_age_s`` old; anything unreadable is left alone.
+    """
+    removed: list[Path] = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not _TEMP_NAME.fullmatch(entry.name):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and now - st.st_mtime >= max_age_s:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            pass
+    return removed
+
+
 def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write through ``write(file)`` to a temporary file beside ``path``, then rename it into place."""
+    """Write through ``write(file)`` to a temporary file beside ``path``, then rename it into place.
+
+    Temporary files that killed writers left in that folder (older than :data:`STALE_TEMP_AGE_S`) are
+    removed first (:func:`remove_stale_temp_files`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
@@ -246,6 +286,36 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
 
 
 # -- configuration checks ---------------------------------------------------------------------------
+
+def check_range(config: object, name: str, low: float | None = None, high: float | None = None, *,
+                strict: bool = False, integer: bool = False, symbol: str = "") -> None:
+    """Check that ``config.<name>`` is a finite number (an integer if ``integer``) within the bounds.
+
+    ``low`` is inclusive unless ``strict``; ``high`` is inclusive. Raises a ``TypeError`` (wrong
+    type) or ``ValueError`` (out of range, NaN, ±inf) naming the class, the field (and its paper
+    ``symbol``), the valid range, the value given and the field's default. Every configuration
+    dataclass of the package checks its numbers with it.
+    """
+    value = getattr(config, name)
+    cls = type(config).__name__
+    label = f"{cls}.{name}" + (f" ({symbol})" if symbol else "")
+    default = next((f.default for f in fields(config) if f.name == name), None)
+    hint = f" (the default is {default!r})" if default is not None else ""
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
+        raise TypeError(f"{label} must be {kind}, got {value!r} of type {type(value).__name__}{hint}")
+    if low is not None and high is not None:
+        bounds = f"in [{low:g}, {high:g}]"
+    elif low is not None:
+        bounds = f"{'>' if strict else '≥'} {low:g}"
+    else:
+        bounds = f"≤ {high:g}"
+    too_low = low is not None and (value <= low if strict else value < low)
+    too_high = high is not None and value > high
+    if not math.isfinite(value) or too_low or too_high:
+        finite = "" if integer else " and finite"
+        raise ValueError(f"{label} must be {bounds}{finite}, got {value!r}{hint}")
+
 
 def check_literal_fields(config: Any) -> None:
     """Check every dataclass field annotated ``Literal[...]`` against its declared options.

@@ -86,7 +86,7 @@ def _replay(notebook: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pytest", "--nbval", "-p", "no:cacheprovider", "-rs", "-q",
          "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml"), str(notebook)],
-        cwd=ROOT, env=environ, capture_output=True, text=True, timeout=300)
+        cwd=ROOT, env=environ, capture_output=True, text=True, timeout=300, check=False)
 
 
 TRAINED_CELL = {"mamo_lite": {"tolerance": "trained"}}
@@ -136,3 +136,43 @@ def test_chapters_declare_the_datasets_they_load(path):
     declared = set(nb["metadata"].get("mamo_lite", {}).get("datasets", []))
     assert named <= declared, f"declare {sorted(named - declared)} in the notebook metadata mamo_lite.datasets"
     assert declared <= set(REGISTRY), f"unknown datasets declared: {sorted(declared - set(REGISTRY))}"
+
+
+# -- a real chapter: a changed learning rate must fail the replay ----------------------------------
+
+CHAPTER = ROOT / "notebooks" / "03_maml_vs_mamo.ipynb"
+LR_CELL = 'overrides={"reduction": reduction}'  # chapter 3's Eq. 12 demo: six meta-updates of MAMO
+
+
+def _chapter_until_first_trained_cell(path: Path, dest: Path, change: tuple[str, str] | None) -> int:
+    """Chapter 3 up to its first trained cell (optionally edited); returns that cell's code index."""
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    target = next(c for c in code if LR_CELL in c.source)
+    assert target.metadata.get("mamo_lite", {}).get("tolerance") == "trained"
+    if change:
+        target.source = target.source.replace(*change)
+    nb.cells = nb.cells[: nb.cells.index(target) + 1]
+    nbformat.write(nb, dest)
+    return code.index(target)
+
+
+@pytest.mark.slow
+def test_a_changed_learning_rate_in_a_chapter_fails_the_replay(nb_dir):
+    """λ = 0.02 instead of 0.05 in chapter 3: its trained cell must fail; unchanged, the same cells pass."""
+    from nbval_replay import missing_datasets, notebook_datasets
+
+    if missing_datasets(notebook_datasets(CHAPTER)):
+        pytest.skip("needs MovieLens-1M (set MAMO_LITE_DATA)")
+    same = nb_dir / "same.ipynb"
+    _chapter_until_first_trained_cell(CHAPTER, same, None)
+    run = _replay(same, MAMO_LITE_DATA=os.environ.get("MAMO_LITE_DATA", ""))
+    assert run.returncode == 0, run.stdout[-3000:]
+
+    changed = nb_dir / "changed.ipynb"
+    index = _chapter_until_first_trained_cell(
+        CHAPTER, changed, (LR_CELL, 'overrides={"reduction": reduction, "global_lr": 0.02}'))
+    run = _replay(changed, MAMO_LITE_DATA=os.environ.get("MAMO_LITE_DATA", ""))
+    assert run.returncode == 1, run.stdout[-3000:]
+    assert f"changed.ipynb::Cell {index}" in run.stdout and "1 failed" in run.stdout, run.stdout[-3000:]
+    assert "outside the 'trained' replay tolerance" in run.stdout

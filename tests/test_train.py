@@ -389,3 +389,32 @@ def test_shown_loss_never_prints_a_chaotic_number():
     assert shown_loss(1.23456) == "1.235" and shown_loss(2.0, digits=1) == "2.0"
     assert shown_loss(1e6) == "1000000.000"
     assert [shown_loss(v) for v in (1.0000001e6, 4.18e7, float("inf"), float("nan"))] == ["diverged"] * 4
+
+
+def test_fit_in_two_parts_equals_one_uninterrupted_fit():
+    """start_epoch=k numbers epochs on and replays the first k shuffles: k + (n - k) epochs == n epochs."""
+    straight = _learner("maml")
+    whole = fit(straight, _data(), epochs=3, seed=4, device="cpu", progress=False, val=False)
+    split = _learner("maml")
+    first = fit(split, _data(), epochs=1, seed=4, device="cpu", progress=False, val=False)
+    rest = fit(split, _data(), epochs=2, seed=4, device="cpu", progress=False, val=False,
+               optimizer=first.optimizer, start_epoch=1)
+    assert _states_equal(straight.state_dict(), split.state_dict())
+    assert rest.best_epoch == 3 == whole.best_epoch and rest.epochs_run == 2
+    assert rest.history["epoch"].unique().tolist() == [2, 3]
+    pd.testing.assert_frame_equal(
+        pd.concat([first.history, rest.history], ignore_index=True).query("metric == 'loss'").reset_index(drop=True),
+        whole.history.query("metric == 'loss'").reset_index(drop=True))
+    with pytest.raises(ValueError, match="start_epoch"):
+        fit(split, _data(), epochs=1, seed=4, device="cpu", progress=False, start_epoch=-1)
+
+
+def test_evaluate_learner_refuses_non_finite_predictions_that_clipping_would_hide():
+    """An exploded local step gives NaN/inf predictions; clipped, they would score like a constant."""
+    from mamo_lite.train import NonFinitePredictionError
+
+    learner = _learner("maml", local_lr=1e30)
+    with pytest.raises(NonFinitePredictionError, match="not finite"):
+        evaluate_learner(learner, _data()["val"], method="maml", dataset="tiny", seed=0)
+    table = evaluate_learner(learner, _data()["val"], method="maml", dataset="tiny", seed=0, steps=0)
+    assert table["value"].notna().all()  # without the local step the same weights predict finitely

@@ -14,7 +14,7 @@ sha256, the resolved protocol, the seed, the parser options and :data:`FORMAT_VE
   unpickles, so a crafted cache file cannot run code: it is unreadable, and rebuilt.
 * **Atomic.** Cache files are written atomically (temporary file + rename), so a failed or
   interrupted load leaves nothing half-written; stale temporary files of killed writers are removed
-  by the next write (:func:`~mamo_lite.data.download.remove_stale_temp_files`). An unreadable or
+  by the next write (:func:`~mamo_lite.utils.remove_stale_temp_files`). An unreadable or
   mismatching cache file is rebuilt with a warning.
 * **Optional.** A cache folder that cannot be used (a regular file, read-only, full) costs one
   warning naming it; the data is then loaded without the cache.
@@ -384,8 +384,6 @@ def _write_cache(path: Path, data: ColdStartData, key: str) -> None:
     """
     from mamo_lite.utils import atomic_write_bytes
 
-    from .download import remove_stale_temp_files
-
     try:
         buffer = io.BytesIO()
         np.savez(buffer, **data._to_arrays(key))
@@ -394,8 +392,7 @@ def _write_cache(path: Path, data: ColdStartData, key: str) -> None:
                       RuntimeWarning, stacklevel=3)
         return
     try:
-        remove_stale_temp_files(path.parent)
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(path, buffer.getvalue())  # also removes killed writers' temporary files
     except OSError as e:
         warnings.warn(f"processed-data cache folder {path.parent} is not usable ({e.strerror or e}); "
                       f"continuing without the cache", RuntimeWarning, stacklevel=3)

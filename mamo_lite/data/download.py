@@ -42,8 +42,6 @@ import http.client
 import json
 import lzma
 import os
-import re
-import stat
 import sys
 import tempfile
 import threading
@@ -61,7 +59,7 @@ from tqdm import tqdm
 
 from mamo_lite import __version__
 from mamo_lite.data.errors import ChecksumError, DataError, DownloadError
-from mamo_lite.utils import atomic_write_text
+from mamo_lite.utils import atomic_write_text, remove_stale_temp_files
 
 __all__ = [
     "Digests",
@@ -72,7 +70,6 @@ __all__ = [
     "file_digests",
     "git_blob_id",
     "open_binary",
-    "remove_stale_temp_files",
     "sha256_file",
     "split_zip_member",
 ]
@@ -86,10 +83,6 @@ _MEMO_LOCK = threading.Lock()
 RACY_NS = 2_000_000_000
 """A file whose ctime or mtime is less than this (ns) before hashing began is not memoised."""
 
-STALE_TEMP_AGE_S = 15 * 60
-"""Our temporary files older than this (by mtime) are leftovers of a killed writer."""
-
-_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.(?:part|tmp)")  # tempfile.mkstemp(prefix=".<name>.", suffix=...)
 _CORRUPT = (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile, zipfile.BadZipFile)
 """What reading a damaged ``.gz`` file or zip member raises."""
 
@@ -100,31 +93,6 @@ def _corrupt_message(path: Path, err: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------- temporary files
-
-
-def remove_stale_temp_files(folder: str | Path, max_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
-    """Delete the temporary files of killed writers in ``folder``; returns what was removed.
-
-    Only regular files named like ours (``.<name>.<8 random characters>.part`` or ``.tmp``) whose
-    modification time is at least ``max_age_s`` old; anything unreadable is left alone.
-    """
-    removed: list[Path] = []
-    now = time.time()
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    for entry in entries:
-        if not _TEMP_NAME.fullmatch(entry.name):
-            continue
-        try:
-            st = entry.stat(follow_symlinks=False)
-            if stat.S_ISREG(st.st_mode) and now - st.st_mtime >= max_age_s:
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
-        except OSError:
-            pass
-    return removed
 
 
 def _make_folder(folder: Path) -> list[Path]:
@@ -285,7 +253,6 @@ def _memo_store(key: str, entry: dict) -> None:
         entries = _memo_load()
         entries[key] = entry
         try:
-            remove_stale_temp_files(folder)
             atomic_write_text(folder / MEMO_NAME,
                               json.dumps({"version": 1, "entries": entries}, indent=0, sort_keys=True))
         except OSError:

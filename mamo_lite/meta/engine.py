@@ -27,11 +27,10 @@ from mamo_lite.data.tasks import TaskBatch, tree_index
 from mamo_lite.models.recommender import (
     GROUPS,
     EmbeddingRecommender,
-    check_range,
     prediction_from_output,
     rating_loss,
 )
-from mamo_lite.utils import check_literal_fields
+from mamo_lite.utils import check_literal_fields, check_range
 
 Path = Literal["vmap", "loop"]
 

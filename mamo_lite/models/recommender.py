@@ -21,8 +21,7 @@ group          parameters                             paper
 from __future__ import annotations
 
 import itertools
-import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mamo_lite.data.tasks import FeatureSpec
-from mamo_lite.utils import check_literal_fields
+from mamo_lite.utils import check_literal_fields, check_range
 
 GROUPS: tuple[str, ...] = ("profile", "user", "item", "preference", "decision")
 _GROUP_OF = {"user_profile": "profile", "item_profile": "profile", "user_tower": "user", "item_tower": "item",
@@ -83,36 +82,6 @@ class RecommenderConfig:
         if d.get("decision_hidden") is not None:
             d["decision_hidden"] = tuple(d["decision_hidden"])
         return cls(**d)
-
-
-def check_range(config: object, name: str, low: float | None = None, high: float | None = None, *,
-                strict: bool = False, integer: bool = False, symbol: str = "") -> None:
-    """Check that ``config.<name>`` is a finite number (an integer if ``integer``) within the bounds.
-
-    ``low`` is inclusive unless ``strict``; ``high`` is inclusive. Raises a ``TypeError`` (wrong
-    type) or ``ValueError`` (out of range, NaN, ±inf) naming the class, the field (and its paper
-    ``symbol``), the valid range, the value given and the field's default. Every configuration
-    dataclass of the package checks its numbers with it.
-    """
-    value = getattr(config, name)
-    cls = type(config).__name__
-    label = f"{cls}.{name}" + (f" ({symbol})" if symbol else "")
-    default = next((f.default for f in fields(config) if f.name == name), None)
-    hint = f" (the default is {default!r})" if default is not None else ""
-    kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
-        raise TypeError(f"{label} must be {kind}, got {value!r} of type {type(value).__name__}{hint}")
-    if low is not None and high is not None:
-        bounds = f"in [{low:g}, {high:g}]"
-    elif low is not None:
-        bounds = f"{'>' if strict else '≥'} {low:g}"
-    else:
-        bounds = f"≤ {high:g}"
-    too_low = low is not None and (value <= low if strict else value < low)
-    too_high = high is not None and value > high
-    if not math.isfinite(value) or too_low or too_high:
-        finite = "" if integer else " and finite"
-        raise ValueError(f"{label} must be {bounds}{finite}, got {value!r}{hint}")
 
 
 def _tower_widths(n_in: int, d_out: int, layers: int) -> list[int]:
