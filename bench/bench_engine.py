@@ -30,7 +30,7 @@ import torch
 
 from mamo_lite.data.tasks import FeatureSpec, Field, TaskBatch
 from mamo_lite.meta.engine import make_optimizer, meta_step
-from mamo_lite.meta.methods import METHODS, build_learner
+from mamo_lite.methods import METHODS, build_learner
 from mamo_lite.utils import atomic_write_text, versions
 
 ROOT = Path(__file__).resolve().parent
@@ -131,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")
     if "mamo" in methods:
         try:
-            import mamo_lite.mamo  # noqa: F401
+            import mamo_lite.methods.mamo  # noqa: F401
         except ImportError:
-            print("mamo_lite.mamo not available: skipping mamo", file=sys.stderr)
+            print("mamo_lite.methods.mamo not available: skipping mamo", file=sys.stderr)
             methods.remove("mamo")
     if args.devices == "auto":
         devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])

@@ -20,7 +20,7 @@ from mamo_lite.data.tasks import TaskBatch
 from mamo_lite.meta.engine import MetaLearner, predict, user_query_loss
 
 if TYPE_CHECKING:
-    from mamo_lite.mamo import MAMOLearner
+    from mamo_lite.methods.mamo import MAMOLearner
 
 
 def per_user_meta_gradients(learner: MetaLearner, batch: TaskBatch, *, chunk: int = 128) -> Tensor:

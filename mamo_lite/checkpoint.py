@@ -35,7 +35,7 @@ import torch
 
 from mamo_lite.data.tasks import FeatureSpec
 from mamo_lite.meta.engine import MetaConfig, MetaLearner, make_optimizer
-from mamo_lite.meta.methods import METHODS, build_learner, learner_configs
+from mamo_lite.methods import METHODS, build_learner, learner_configs
 from mamo_lite.models.recommender import RecommenderConfig
 from mamo_lite.train import HISTORY_COLUMNS
 from mamo_lite.utils import atomic_torch_save, json_safe, resolve_device, versions
@@ -98,7 +98,7 @@ def save_checkpoint(path: str | os.PathLike, learner: MetaLearner, *, method: st
 def _configs_from_dict(d: dict) -> dict[str, Any]:
     mamo = None
     if d.get("mamo") is not None:
-        from mamo_lite.mamo import MAMOConfig
+        from mamo_lite.methods.mamo import MAMOConfig
 
         mamo = MAMOConfig.from_dict(d["mamo"])
     return {"model": RecommenderConfig.from_dict(d["model"]), "meta": MetaConfig.from_dict(d["meta"]),

@@ -214,7 +214,7 @@ def _format_value(value: Any) -> str:
 
 def _config_fields(method: str, dataset: str) -> dict[str, tuple[Any, Any]]:
     """``{key: (annotation, default)}`` of every hyper-parameter ``method`` has on ``dataset``."""
-    from mamo_lite.meta.methods import method_configs
+    from mamo_lite.methods import method_configs
 
     out: dict[str, tuple[Any, Any]] = {}
     for cfg in method_configs(method, dataset).values():
@@ -436,7 +436,7 @@ def _preflight(method: str, spec, dataset: str, overrides: dict, limit_gib: floa
     """Validate the configuration and refuse a network too big for the memory limit, allocating nothing."""
     import torch
 
-    from mamo_lite.meta.methods import build_learner
+    from mamo_lite.methods import build_learner
 
     try:
         with torch.device("meta"):
@@ -513,7 +513,7 @@ def _resume_state(out: Path, args: argparse.Namespace, size, epochs: int, overri
 def _cmd_train(args: argparse.Namespace) -> int:
     from mamo_lite.checkpoint import load_checkpoint, save_checkpoint
     from mamo_lite.meta.engine import make_optimizer
-    from mamo_lite.meta.methods import build_learner, learner_configs
+    from mamo_lite.methods import build_learner, learner_configs
     from mamo_lite.presets import preset
     from mamo_lite.train import HISTORY_COLUMNS, NonFinitePredictionError, evaluate_learner, fit, subset_users
     from mamo_lite.utils import seed_everything, versions
@@ -695,7 +695,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from mamo_lite.meta.methods import METHODS, method_configs
+    from mamo_lite.methods import METHODS, method_configs
 
     for method in METHODS:
         print(f"{method}\n  {METHOD_HELP.get(method, '')}")

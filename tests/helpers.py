@@ -116,7 +116,7 @@ def tiny_batch(spec: FeatureSpec | None = None, n_users: int = 3, n_support: int
 
 def tiny_learner(method: str = "maml", spec: FeatureSpec | None = None, seed: int = 0, **overrides):
     """``build_learner(method)`` with a tiny network (``TINY_NETS``); ``overrides`` win."""
-    from mamo_lite.meta import build_learner
+    from mamo_lite.methods import build_learner
 
     torch.manual_seed(seed)
     return build_learner(method, spec or tiny_spec(), overrides={**TINY_NETS[method], **overrides})

@@ -17,8 +17,8 @@ import torch
 
 from mamo_lite.checkpoint import CheckpointError, load_checkpoint
 from mamo_lite.cli import main
-from mamo_lite.mamo import MAMOConfig
 from mamo_lite.meta.engine import MetaConfig
+from mamo_lite.methods.mamo import MAMOConfig
 from mamo_lite.models.recommender import RecommenderConfig
 
 INF, NAN = float("inf"), float("nan")
@@ -209,7 +209,7 @@ def test_tampered_checkpoints_exit_2_with_the_reason(maml_run, edit, message, tm
 
 def _checkpoint_for(spec, path, dataset="synthetic"):
     from mamo_lite.checkpoint import save_checkpoint
-    from mamo_lite.meta.methods import build_learner
+    from mamo_lite.methods import build_learner
 
     learner = build_learner("maml", spec, dataset, overrides={"embed_dim": 3, "tower_layers": 1,
                                                               "decision_hidden": (4,)})

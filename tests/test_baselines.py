@@ -8,8 +8,7 @@ import torch
 from helpers import tiny_batch, tiny_spec
 from torch.func import functional_call
 
-from mamo_lite.models import EmbeddingRecommender, RecommenderConfig, rating_loss
-from mamo_lite.models.baselines import (
+from mamo_lite.methods.baselines import (
     finetune_predict,
     global_mean,
     item_mean,
@@ -17,6 +16,7 @@ from mamo_lite.models.baselines import (
     train_plain,
     user_support_mean,
 )
+from mamo_lite.models import EmbeddingRecommender, RecommenderConfig, rating_loss
 
 T = torch.tensor
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mamo_lite.cli import main, parse_value
-from mamo_lite.meta import METHODS
+from mamo_lite.methods import METHODS
 
 
 @pytest.fixture(autouse=True)

@@ -15,17 +15,15 @@ import torch.nn.functional as F
 from helpers import tiny_batch, tiny_learner, tiny_spec
 
 from mamo_lite.meta import (
-    METHODS,
     MetaConfig,
     adapt,
-    build_learner,
     make_optimizer,
     map_users,
     meta_gradient,
     meta_step,
-    method_configs,
     predict,
 )
+from mamo_lite.methods import METHODS, build_learner, method_configs
 from mamo_lite.models.recommender import GROUPS
 
 SPEC = tiny_spec()

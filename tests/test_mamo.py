@@ -7,17 +7,23 @@ import pytest
 import torch
 
 from mamo_lite.data.tasks import FeatureSpec, Field, TaskBatch
-from mamo_lite.mamo import MAMOConfig, MAMOLearner
-from mamo_lite.memories import attention, attentive_write, attentive_write_sequence, personal_bias, read
 from mamo_lite.meta import (
     MetaConfig,
     MetaLearner,
     adapt,
-    build_learner,
     make_optimizer,
     meta_gradient,
     meta_step,
     predict,
+)
+from mamo_lite.methods import build_learner
+from mamo_lite.methods.mamo import MAMOConfig, MAMOLearner
+from mamo_lite.methods.memories import (
+    attention,
+    attentive_write,
+    attentive_write_sequence,
+    personal_bias,
+    read,
 )
 from mamo_lite.models import EmbeddingRecommender, RecommenderConfig
 

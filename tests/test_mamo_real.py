@@ -15,9 +15,9 @@ import torch
 
 from mamo_lite.data import load
 from mamo_lite.evaluate import scenario_metrics
-from mamo_lite.meta import build_learner
+from mamo_lite.methods import build_learner
+from mamo_lite.methods.baselines import finetune_predict, global_mean, train_plain
 from mamo_lite.models import EmbeddingRecommender, RecommenderConfig
-from mamo_lite.models.baselines import finetune_predict, global_mean, train_plain
 from mamo_lite.train import evaluate_learner, fit, subset_users
 
 DATA = os.environ.get("MAMO_LITE_DATA")

@@ -19,8 +19,8 @@ from mamo_lite.analysis import (
     representative_users,
     slot_type_table,
 )
-from mamo_lite.memories import attention
-from mamo_lite.meta import build_learner
+from mamo_lite.methods import build_learner
+from mamo_lite.methods.memories import attention
 from mamo_lite.train import fit
 
 

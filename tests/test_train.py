@@ -18,7 +18,8 @@ import torch
 from helpers import tiny_batch, tiny_learner, tiny_spec
 
 from mamo_lite.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from mamo_lite.meta import build_learner, predict
+from mamo_lite.meta import predict
+from mamo_lite.methods import build_learner
 from mamo_lite.presets import PRESETS, preset
 from mamo_lite.train import evaluate_learner, fit, subset_users, val_metrics
 from mamo_lite.utils import (
@@ -44,7 +45,7 @@ def _data(n_train: int = 24, n_val: int = 8) -> dict:
 def _learner(method: str = "maml", **overrides):
     base = {"users_per_batch": 8, "local_lr": 0.05, "global_lr": 0.01}
     if method == "mamo":
-        pytest.importorskip("mamo_lite.mamo")
+        pytest.importorskip("mamo_lite.methods.mamo")
         torch.manual_seed(0)
         return build_learner("mamo", tiny_spec(), overrides={**TINY_MAMO, **base, **overrides})
     return tiny_learner(method, **{**base, **overrides})
@@ -309,8 +310,8 @@ def test_meta_learners_beat_the_global_mean_on_movielens():
     """
     from mamo_lite.data import load
     from mamo_lite.evaluate import clip_predictions
+    from mamo_lite.methods.baselines import global_mean
     from mamo_lite.metrics import aggregate
-    from mamo_lite.models.baselines import global_mean
 
     data = load("movielens-1m", download=False, seed=0, cache=False)
     test, val = data.tasks("test"), data.tasks("val")

@@ -1,4 +1,8 @@
-"""The functional adaptation engine and the MAML-family methods built on it."""
+"""The functional adaptation engine (:mod:`mamo_lite.meta.engine`); it imports no method.
+
+The methods built on it, and the registry (``build_learner``, ``method_configs``, ``METHODS``), live
+in :mod:`mamo_lite.methods`.
+"""
 
 from mamo_lite.meta.engine import (
     MetaConfig,
@@ -12,9 +16,8 @@ from mamo_lite.meta.engine import (
     user_predictions,
     user_query_loss,
 )
-from mamo_lite.meta.methods import METHODS, build_learner, method_configs
 
 __all__ = [
-    "METHODS", "MetaConfig", "MetaLearner", "adapt", "build_learner", "make_optimizer", "map_users",
-    "meta_gradient", "meta_step", "method_configs", "predict", "user_predictions", "user_query_loss",
+    "MetaConfig", "MetaLearner", "adapt", "make_optimizer", "map_users", "meta_gradient", "meta_step",
+    "predict", "user_predictions", "user_query_loss",
 ]

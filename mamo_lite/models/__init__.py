@@ -1,4 +1,4 @@
-"""The embedding recommender (MAMO Eqs. 1–2) and the non-meta baselines."""
+"""The embedding recommender (MAMO Eqs. 1–2); the non-meta baselines are in :mod:`mamo_lite.methods.baselines`."""
 
 from mamo_lite.models.recommender import (
     GROUPS,

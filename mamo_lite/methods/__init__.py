@@ -1,4 +1,4 @@
-"""The methods of the book as configurations of one engine.
+"""The methods of the book, one module per paper, and the registry every caller uses.
 
 =============  ==========================================  ===========================================
 method         local (adapted per user)                     global update
@@ -10,6 +10,13 @@ method         local (adapted per user)                     global update
                at ``φ_u − τ b_u`` (Eqs. 3–10)              Eqs. 5, 6, 8
 =============  ==========================================  ===========================================
 
+Modules: :mod:`~mamo_lite.methods.maml`, :mod:`~mamo_lite.methods.melu`,
+:mod:`~mamo_lite.methods.metacs` (MetaCS-DNN), :mod:`~mamo_lite.methods.mamo` with
+:mod:`~mamo_lite.methods.memories` (Eqs. 3–8), and :mod:`~mamo_lite.methods.baselines` (the non-meta
+baselines). Each meta-learning module states its defaults (``configs(dataset)``) and builds its learner
+(``build(model, configs)``); all of them run on the one engine, :mod:`mamo_lite.meta.engine`, which
+imports none of them.
+
 ``method_configs(method, dataset)`` returns the default configurations; any field can be
 overridden by name (``build_learner(..., overrides={"local_lr": 0.05})``), which is what the CLI's
 ``--set`` does. The MeLU and MetaCS-DNN defaults are the settings MAMO's Table 1 used (MeLU's
@@ -19,48 +26,30 @@ published code defaults; first order, because the released code computes no seco
 from __future__ import annotations
 
 import dataclasses
+from types import ModuleType
 from typing import Any
 
 from mamo_lite.data.tasks import FeatureSpec
-from mamo_lite.meta.engine import MetaConfig, MetaLearner
-from mamo_lite.models.recommender import EmbeddingRecommender, RecommenderConfig
+from mamo_lite.meta.engine import MetaLearner
+from mamo_lite.methods import maml, mamo, melu, metacs
+from mamo_lite.models.recommender import EmbeddingRecommender
 
-METHODS: tuple[str, ...] = ("maml", "melu", "metacs-dnn", "mamo")
+__all__ = ["METHODS", "build_learner", "learner_configs", "method_configs"]
 
-_MELU_NET = {"embed_dim": 32, "tower_layers": 0, "preference": "none", "decision_hidden": (64, 64),
-             "activation": "relu", "output_bias_init": "zero"}
+_MODULES: dict[str, ModuleType] = {m.NAME: m for m in (maml, melu, metacs, mamo)}
+METHODS: tuple[str, ...] = tuple(_MODULES)
 
 
-def _paper_net(dataset: str) -> dict:
-    # appendix A.3: d_e = 100 (MovieLens), 50 (Book-Crossing); 2 layers; LeakyReLU
-    return {"embed_dim": 50 if dataset == "book-crossing" else 100, "tower_layers": 2}
+def _module(method: str) -> ModuleType:
+    try:
+        return _MODULES[method]
+    except KeyError:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}") from None
 
 
 def method_configs(method: str, dataset: str = "movielens-1m") -> dict[str, Any]:
     """Default ``{"model": RecommenderConfig, "meta": MetaConfig, "mamo": MAMOConfig | None}``."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    bx = dataset == "book-crossing"
-    if method == "maml":
-        return {"model": RecommenderConfig(**_paper_net(dataset)),
-                "meta": MetaConfig(local_lr=0.01, inner_steps=1, global_optimizer="adam", global_lr=1e-3),
-                "mamo": None}
-    if method == "melu":
-        return {"model": RecommenderConfig(**_MELU_NET),
-                "meta": MetaConfig(local_groups=("decision",), local_lr=5e-6, inner_steps=1, first_order=True,
-                                   global_optimizer="adam", global_lr=5e-5, users_per_batch=32),
-                "mamo": None}
-    if method == "metacs-dnn":
-        return {"model": RecommenderConfig(**_MELU_NET),
-                "meta": MetaConfig(local_lr=5e-6, inner_steps=1, first_order=True, global_optimizer="sgd",
-                                   global_lr=0.4, users_per_batch=32),
-                "mamo": None}
-    from mamo_lite.mamo import MAMOConfig
-
-    return {"model": RecommenderConfig(**_paper_net(dataset)),
-            "meta": MetaConfig(local_groups=("user", "item", "preference", "decision"), local_lr=0.01,
-                               inner_steps=1, global_optimizer="sgd", global_lr=0.01 if bx else 0.05),
-            "mamo": MAMOConfig.for_dataset(dataset)}
+    return _module(method).configs(dataset)
 
 
 def _apply_overrides(configs: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -83,14 +72,10 @@ def _apply_overrides(configs: dict[str, Any], overrides: dict[str, Any]) -> dict
 def build_learner(method: str, spec: FeatureSpec, dataset: str = "movielens-1m", *,
                   overrides: dict[str, Any] | None = None, configs: dict[str, Any] | None = None) -> MetaLearner:
     """Build a ready-to-train learner for ``method`` on a dataset with feature schema ``spec``."""
-    configs = configs if configs is not None else method_configs(method, dataset)
+    module = _module(method)
+    configs = configs if configs is not None else module.configs(dataset)
     configs = _apply_overrides(configs, overrides or {})
-    model = EmbeddingRecommender(spec, configs["model"])
-    if method == "mamo":
-        from mamo_lite.mamo import MAMOLearner
-
-        return MAMOLearner(model, configs["meta"], configs["mamo"])
-    return MetaLearner(model, configs["meta"])
+    return module.build(EmbeddingRecommender(spec, configs["model"]), configs)
 
 
 def learner_configs(learner: MetaLearner) -> dict[str, Any]:

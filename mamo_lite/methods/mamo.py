@@ -1,7 +1,7 @@
 """MAMO: memory-augmented meta-optimisation (Dong et al., KDD 2020, §2.3, Algorithms 1–2).
 
 :class:`MAMOLearner` is a :class:`~mamo_lite.meta.engine.MetaLearner` whose initialisation is
-personalised by three memories (``mamo_lite.memories``), kept as registered buffers so that
+personalised by three memories (:mod:`mamo_lite.methods.memories`), kept as registered buffers so that
 ``state_dict``, checkpoints and ``.to(device)`` carry them:
 
 * Eq. 3  ``a_u = softmax(cos(p_u, M_P))``
@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from torch.func import grad
 
 from mamo_lite.data.tasks import TaskBatch
-from mamo_lite.memories import attention, attentive_write_sequence, personal_bias, read
 from mamo_lite.meta.engine import MetaConfig, MetaLearner, Params
+from mamo_lite.methods.memories import attention, attentive_write_sequence, personal_bias, read
 from mamo_lite.models.recommender import EmbeddingRecommender
 from mamo_lite.utils import check_literal_fields, check_range
 
@@ -206,3 +206,23 @@ class MAMOLearner(MetaLearner):
     def personal_bias_of(self, batch: TaskBatch) -> dict[str, Tensor]:
         """``b_u`` for every user of ``batch`` (``{param: [B, *shape]}``)."""
         return personal_bias(self.attention_of(batch), self.gradient_memory_dict())
+
+
+# -- the registry's interface (mamo_lite.methods) ---------------------------------------------------
+
+NAME = "mamo"
+
+
+def configs(dataset: str) -> dict:
+    """MAMO's default configurations on ``dataset`` (appendix A.3; λ 0.01 on Book-Crossing, else 0.05)."""
+    from mamo_lite.methods.maml import paper_network  # MAMO extends MAML: the same network
+
+    return {"model": paper_network(dataset),
+            "meta": MetaConfig(local_groups=("user", "item", "preference", "decision"), local_lr=0.01,
+                               inner_steps=1, global_optimizer="sgd",
+                               global_lr=0.01 if dataset == "book-crossing" else 0.05),
+            "mamo": MAMOConfig.for_dataset(dataset)}
+
+
+def build(model: EmbeddingRecommender, configs: dict) -> MAMOLearner:
+    return MAMOLearner(model, configs["meta"], configs["mamo"])
