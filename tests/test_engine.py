@@ -61,13 +61,30 @@ def adapted_copy(model, task: dict, local: list[str], lr: float, steps: int):
     return m
 
 
+def adapted_copy_per_item(model, task: dict, local: list[str], lr: float, passes: int):
+    """Algorithm 1's loop on a deep copy: for each pass, for each real support rating, one SGD step on it."""
+    m = copy.deepcopy(model)
+    params = dict(m.named_parameters())
+    real = [j for j in range(len(task["support_y"])) if task["support_mask"][j]]
+    for _ in range(passes):
+        for j in real:
+            one = {k: v[j:j + 1] for k, v in task["support_x"].items()}
+            loss = F.mse_loss(m(task["user_x"], one), task["support_y"][j:j + 1])
+            grads = torch.autograd.grad(loss, [params[n] for n in local])
+            with torch.no_grad():
+                for n, g in zip(local, grads):
+                    params[n].sub_(lr * g)
+    return m
+
+
 def reference_first_order(learner, batch, local: list[str]):
     """Mean over users of ∇ L_Q at (φ_nonlocal, θ'_local), and the per-user query losses."""
     cfg = learner.config
     totals, losses = None, []
     for i in range(len(batch)):
         task = batch.task(i)
-        m = adapted_copy(learner.model, task, local, cfg.local_lr, cfg.inner_steps)
+        copier = adapted_copy_per_item if cfg.local_update == "per-item" else adapted_copy
+        m = copier(learner.model, task, local, cfg.local_lr, cfg.inner_steps)
         loss = real_mse(m, task, "query")
         names = [n for n, _ in m.named_parameters()]
         grads = dict(zip(names, torch.autograd.grad(loss, list(m.parameters()))))
@@ -87,7 +104,8 @@ def rel_err(a: dict, b: dict) -> float:
 @pytest.mark.parametrize("first_order", [True, False], ids=["first", "second"])
 @pytest.mark.parametrize("method, extra", [
     ("maml", {}), ("maml", {"head": "classification"}), ("melu", {}), ("metacs-dnn", {}),
-], ids=["maml", "maml-classification", "melu", "metacs-dnn"])
+    ("maml", {"local_update": "per-item"}),
+], ids=["maml", "maml-classification", "melu", "metacs-dnn", "maml-per-item"])
 def test_vmap_equals_loop(method, extra, first_order):
     learner = tiny_learner(method, inner_steps=3, local_lr=0.05, first_order=first_order, **extra)
     batch = tiny_batch(SPEC, n_users=4, masks="ragged", seed=1)
@@ -103,10 +121,14 @@ def test_vmap_equals_loop(method, extra, first_order):
 
 # -- meta-gradients against autograd and finite differences ---------------------------------------
 
+@pytest.mark.parametrize("local_update", ["batch", "per-item"])
 @pytest.mark.parametrize("method", ["maml", "melu", "metacs-dnn"])
-def test_first_order_is_query_gradient_at_adapted_weights(float64, method):
-    """FOMAML: ∇_φ L_Q evaluated at (φ_nonlocal, θ'_local), θ' from Eq. 11 with autograd on a copy."""
-    learner = tiny_learner(method, inner_steps=2, local_lr=0.1, first_order=True)
+def test_first_order_is_query_gradient_at_adapted_weights(float64, method, local_update):
+    """FOMAML: ∇_φ L_Q evaluated at (φ_nonlocal, θ'_local), θ' from Eq. 11 with autograd on a copy.
+
+    ``per-item``: the reference takes Algorithm 1's steps, one per real support rating, in order.
+    """
+    learner = tiny_learner(method, inner_steps=2, local_lr=0.1, first_order=True, local_update=local_update)
     batch = tiny_batch(SPEC, n_users=3, masks="ragged", seed=2)
     grads, losses, _ = meta_gradient(learner, batch)
     ref, ref_losses = reference_first_order(learner, batch, learner.model.names_in(LOCAL_GROUPS[method]))
@@ -116,13 +138,14 @@ def test_first_order_is_query_gradient_at_adapted_weights(float64, method):
         assert sum(grads[n].abs().sum() for n in learner.model.names_in(("profile",))) > 0
 
 
-@pytest.mark.parametrize("method", ["maml", "melu"])
-def test_second_order_matches_finite_differences(float64, method):
+@pytest.mark.parametrize("method, local_update", [("maml", "batch"), ("melu", "batch"), ("maml", "per-item")])
+def test_second_order_matches_finite_differences(float64, method, local_update):
     """Exact meta-gradient (Eq. 12 through Eq. 11): central differences along a random direction."""
-    learner = tiny_learner(method, inner_steps=2, local_lr=0.1, first_order=False)
+    learner = tiny_learner(method, inner_steps=2, local_lr=0.1, first_order=False, local_update=local_update)
     batch = tiny_batch(SPEC, n_users=3, masks="ragged", seed=4)
     g2, _, _ = meta_gradient(learner, batch)
-    g1, _, _ = meta_gradient(tiny_learner(method, inner_steps=2, local_lr=0.1, first_order=True), batch)
+    g1, _, _ = meta_gradient(tiny_learner(method, inner_steps=2, local_lr=0.1, first_order=True,
+                                          local_update=local_update), batch)
 
     gen = torch.Generator().manual_seed(0)
     direction = {n: torch.randn(p.shape, generator=gen) for n, p in learner.model.named_parameters()}
@@ -133,7 +156,8 @@ def test_second_order_matches_finite_differences(float64, method):
             for n, p in model.named_parameters():
                 p.add_(sign * eps * direction[n])
         local = model.names_in(LOCAL_GROUPS[method])
-        return sum(float(real_mse(adapted_copy(model, batch.task(i), local, 0.1, 2),
+        copier = adapted_copy_per_item if local_update == "per-item" else adapted_copy
+        return sum(float(real_mse(copier(model, batch.task(i), local, 0.1, 2),
                                   batch.task(i), "query").detach()) for i in range(len(batch))) / len(batch)
 
     fd = (objective(1.0) - objective(-1.0)) / 2e-6

@@ -3,7 +3,9 @@
 For a user ``u`` the engine runs Algorithm 1's inner loop on the support set and the query loss:
 
 * personalised initialisation ``θ ← init(φ, memories, p_u)`` (MAML: ``θ ← φ``; MAMO: Eqs. 9–10),
-* ``inner_steps`` local updates ``θ ← θ − ρ ∇_θ L_S(θ)`` (Eq. 11) on the *local* parameter groups,
+* ``inner_steps`` local updates ``θ ← θ − ρ ∇_θ L_S(θ)`` (Eq. 11) on the *local* parameter groups:
+  one step on the whole support set per pass (``local_update="batch"``), or one step per support
+  rating, in order (``local_update="per-item"``, the paper's Algorithm 1, lines 7–10),
 * the query loss ``L_Q(θ̂)``, whose gradient w.r.t. the global parameters ``φ`` is the
   meta-gradient of Eq. 12 (exact second order, or first order with the inner gradients detached).
 
@@ -43,6 +45,11 @@ class MetaConfig:
     meta-batch: Eq. 12 writes a sum; MeLU and most MAML code take the mean (then λ does not
     depend on the batch size). ``local_groups`` names the parameter groups adapted per user
     (see ``mamo_lite.models.recommender.GROUPS``).
+
+    ``inner_steps`` counts passes over the support set; ``local_update`` says what one pass is:
+    ``"batch"``, one step on the mean loss of the whole support set (MeLU's and the authors' MAMO
+    code, which take 5 and 9 such steps), or ``"per-item"``, one step per support rating in order
+    (the paper's Algorithm 1: "for each item in the support set"; 15 steps per pass at |S| = 15).
     """
 
     local_groups: tuple[str, ...] = GROUPS
@@ -53,6 +60,7 @@ class MetaConfig:
     global_lr: float = 1e-3
     users_per_batch: int = 32
     reduction: Literal["mean", "sum"] = "mean"
+    local_update: Literal["batch", "per-item"] = "batch"
 
     def __post_init__(self) -> None:
         if isinstance(self.local_groups, str):
@@ -90,6 +98,11 @@ class MetaLearner(nn.Module):
     Subclasses override :meth:`init_fast` (personalised initialisation), :meth:`memory_state`,
     :meth:`user_aux` and :meth:`write_memories` (MAMO). The engine functions below only call these
     hooks, so MAML, MeLU, MetaCS-DNN and MAMO share one inner loop and one meta-gradient.
+
+    A method whose inner loop is not Eq. 11 (s²Meta's learned optimiser) overrides the per-user
+    algorithm itself: :meth:`user_objective` (training: the loss whose gradient is the meta-gradient),
+    :meth:`user_predictions` (Algorithm 2), :meth:`batch_inputs` (per-user inputs, e.g. random draws made
+    outside ``vmap``), :meth:`configure_optimizer` and :meth:`before_optimizer_step` (e.g. clipping).
     """
 
     def __init__(self, model: EmbeddingRecommender, config: MetaConfig) -> None:
@@ -127,6 +140,30 @@ class MetaLearner(nn.Module):
     def write_memories(self, aux: dict[str, Tensor]) -> None:
         """Update memories from a batch of users' ``aux`` (no-op for MAML)."""
 
+    # -- the per-user algorithm and the global update (overridable) ------------------------
+    def batch_inputs(self, batch: TaskBatch) -> dict:
+        """The per-user inputs the engine maps over (``batch.inputs()``)."""
+        return batch.inputs()
+
+    def user_objective(self, params: Params, memories: dict, task: dict, with_aux: bool) -> tuple[Tensor, dict]:
+        """Algorithm 1 for one user; default :func:`user_query_loss` (init, Eq. 11, query loss)."""
+        return user_query_loss(self, params, memories, task, with_aux)
+
+    def user_predictions(self, params: Params, memories: dict, task: dict, steps: int | None) -> Tensor:
+        """Algorithm 2 for one user; default :func:`user_predictions`."""
+        return user_predictions(self, params, memories, task, steps)
+
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        """The global optimiser of Eq. 12 over :meth:`global_names` (SGD as in the paper, or Adam)."""
+        params = [p for n, p in self.model.named_parameters() if n in set(self.global_names())]
+        cfg = self.config
+        if cfg.global_optimizer == "sgd":
+            return torch.optim.SGD(params, lr=cfg.global_lr)
+        return torch.optim.Adam(params, lr=cfg.global_lr)
+
+    def before_optimizer_step(self) -> None:
+        """Called with the meta-gradients in ``.grad``, before the optimiser steps (no-op)."""
+
     # -- the recommender, functionally -----------------------------------------------------
     def output(self, params: Params, fast: Params, user_x: Tensor, item_x: dict) -> Tensor:
         return functional_call(self.model, {**params, **fast}, (user_x, item_x))
@@ -140,22 +177,36 @@ class MetaLearner(nn.Module):
 
 # -- the per-user algorithm ---------------------------------------------------------------------
 
+def _support_item(task: dict, j: int) -> dict:
+    """``task`` with its support set cut to the single rating ``j`` (a padded slot gives a zero loss)."""
+    cut = {"support_y": task["support_y"][j:j + 1], "support_mask": task["support_mask"][j:j + 1],
+           "support_x": {k: v[j:j + 1] for k, v in task["support_x"].items()}}
+    return {**task, **cut}
+
+
 def adapt(learner: MetaLearner, params: Params, fast: Params, task: dict, *,
           steps: int | None = None, lr: float | None = None, first_order: bool | None = None) -> Params:
-    """Local update of Eq. 11, ``steps`` times: ``θ ← θ − ρ ∇_θ L_S(θ)``.
+    """Local update of Eq. 11: ``steps`` passes of ``θ ← θ − ρ ∇_θ L_S(θ)`` over the support set.
 
-    With ``first_order`` the inner gradients are detached, so the meta-gradient ignores the
-    second-order term (FOMAML); otherwise the graph through every step is kept.
+    With ``local_update="batch"`` a pass is one step on the whole support set; with ``"per-item"`` it
+    is one step per support rating, in order (Algorithm 1), each on that rating's loss alone. With
+    ``first_order`` the inner gradients are detached, so the meta-gradient ignores the second-order
+    term (FOMAML); otherwise the graph through every step is kept.
     """
     cfg = learner.config
     steps = cfg.inner_steps if steps is None else steps
     lr = cfg.local_lr if lr is None else lr
     first_order = cfg.first_order if first_order is None else first_order
+    if cfg.local_update == "per-item":
+        parts = [_support_item(task, j) for j in range(task["support_y"].shape[0])]
+    else:
+        parts = [task]
     for _ in range(steps):
-        g = grad(lambda f: learner.task_loss(params, f, task, "support"))(fast)
-        if first_order:
-            g = {k: v.detach() for k, v in g.items()}
-        fast = {k: fast[k] - lr * g[k] for k in fast}
+        for part in parts:
+            g = grad(lambda f, part=part: learner.task_loss(params, f, part, "support"))(fast)
+            if first_order:
+                g = {k: v.detach() for k, v in g.items()}
+            fast = {k: fast[k] - lr * g[k] for k in fast}
     return fast
 
 
@@ -209,11 +260,11 @@ def meta_gradient(learner: MetaLearner, batch: TaskBatch, *, path: Path = "vmap"
     names = learner.global_names()
     fixed = {n: v for n, v in all_params.items() if n not in names}
     memories = {k: v.detach() for k, v in learner.memory_state().items()}
-    inputs = batch.inputs()
+    inputs = learner.batch_inputs(batch)
 
     def total(phi: Params):
         params = {**fixed, **phi}
-        losses, aux = map_users(lambda task: user_query_loss(learner, params, memories, task, with_aux),
+        losses, aux = map_users(lambda task: learner.user_objective(params, memories, task, with_aux),
                                 inputs, path, len(batch))
         red = losses.sum() if learner.config.reduction == "sum" else losses.mean()
         return red, (losses, aux)
@@ -235,18 +286,14 @@ def predict(learner: MetaLearner, batch: TaskBatch, *, path: Path = "vmap", chun
     outs = []
     with torch.enable_grad():
         for sub in batch.batches(chunk):
-            outs.append(map_users(lambda task: user_predictions(learner, params, memories, task, steps),
-                                  sub.inputs(), path, len(sub)).detach())
+            outs.append(map_users(lambda task: learner.user_predictions(params, memories, task, steps),
+                                  learner.batch_inputs(sub), path, len(sub)).detach())
     return torch.cat(outs) if outs else batch.query_y.new_zeros(batch.query_y.shape)
 
 
 def make_optimizer(learner: MetaLearner) -> torch.optim.Optimizer:
-    """The global optimiser of Eq. 12 (SGD as in the paper, or Adam as MeLU)."""
-    params = [p for n, p in learner.model.named_parameters() if n in set(learner.global_names())]
-    cfg = learner.config
-    if cfg.global_optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.global_lr)
-    return torch.optim.Adam(params, lr=cfg.global_lr)
+    """The global optimiser of Eq. 12 (``learner.configure_optimizer()``: SGD as in the paper, or Adam)."""
+    return learner.configure_optimizer()
 
 
 def meta_step(learner: MetaLearner, batch: TaskBatch, optimizer: torch.optim.Optimizer, *,
@@ -261,6 +308,7 @@ def meta_step(learner: MetaLearner, batch: TaskBatch, optimizer: torch.optim.Opt
     for n, g in grads.items():
         params[n].grad = g
     learner.write_memories(aux)
+    learner.before_optimizer_step()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return losses
