@@ -121,6 +121,7 @@ class MetaLearner(nn.Module):
         return [n for n, _ in self.model.named_parameters()]
 
     def params(self) -> Params:
+        """Every trainable tensor by name: the recommender's (and, for s²Meta, its controllers')."""
         return {n: p for n, p in self.model.named_parameters()}
 
     # -- hooks -----------------------------------------------------------------------------
@@ -155,7 +156,8 @@ class MetaLearner(nn.Module):
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
         """The global optimiser of Eq. 12 over :meth:`global_names` (SGD as in the paper, or Adam)."""
-        params = [p for n, p in self.model.named_parameters() if n in set(self.global_names())]
+        names = set(self.global_names())
+        params = [p for n, p in self.params().items() if n in names]
         cfg = self.config
         if cfg.global_optimizer == "sgd":
             return torch.optim.SGD(params, lr=cfg.global_lr)
@@ -304,7 +306,7 @@ def meta_step(learner: MetaLearner, batch: TaskBatch, optimizer: torch.optim.Opt
     (``write_memories``), then ``φ`` takes the optimiser step.
     """
     grads, losses, aux = meta_gradient(learner, batch, path=path, with_aux=True)
-    params = dict(learner.model.named_parameters())
+    params = learner.params()
     for n, g in grads.items():
         params[n].grad = g
     learner.write_memories(aux)
