@@ -1,0 +1,276 @@
+"""The paper's Table 1 as resumable runs into ``results/`` (MAMO §3.3, Table 1; appendix A.2).
+
+A *cell* is one (row, dataset, seed): a method trained on the training users with its budget chosen on
+the validation users (patience on the validation MAE, never the test users), then scored on the test
+users per scenario (W-W, W-C, C-W, C-C, all; MAE, RMSE, NDCG@3). Every cell is one small JSON file,
+
+    results/table1/<dataset>/<row>/seed<k>.json
+
+holding the tidy rows (``method, dataset, scenario, metric, seed, value, n``), what the run did
+(selected epoch, epochs run, divergence as an event, wall time) and where the numbers come from (commit,
+device, versions, data release and checksums, budget, configuration). A finished cell is never
+recomputed unless its *key* (row, budget, data identity, configuration) changed; files are written
+atomically, so an interrupted run restarts cleanly where it stopped. :func:`table1` gathers the cells
+into ``results/table1/table1.csv`` and a provenance file ``table1.json``.
+
+Rows (:data:`ROWS`): the trivial baselines (global median, global mean, item mean, user support mean)
+and the meta-learners of :mod:`mamo_lite.methods` (MeLU, MetaCS-DNN, MAML, MAMO and MAMO as its
+authors' code runs it). Every cell also records the
+*within-user spread* of its predictions (metric ``spread``: the standard deviation of a user's query
+predictions, averaged over users), so a model that collapsed to one rating per user is visible at once
+(its NDCG@3 then measures nothing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from mamo_lite.data.tasks import TaskBatch
+from mamo_lite.evaluate import COLUMNS, clip_predictions, scenario_metrics
+from mamo_lite.methods import build_learner
+from mamo_lite.methods.baselines import global_mean, item_mean, user_support_mean
+from mamo_lite.models.recommender import GROUPS
+from mamo_lite.train import NonFinitePredictionError, fit, subset_users
+from mamo_lite.utils import atomic_write_text, json_safe, progress, resolve_device, seed_everything, versions
+
+__all__ = ["BUDGETS", "ROWS", "Budget", "Row", "run_cell", "table1", "within_user_spread"]
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = Path("results") / "table1"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long a cell may train and on how many users; epochs are chosen on the validation users."""
+
+    name: str
+    max_epochs: int  # high enough that the validation curve is flat when patience stops it
+    patience: int  # epochs without a lower validation MAE before stopping
+    max_train_users: int | None = None
+    max_val_users: int | None = None
+    max_test_users: int | None = None
+    eval_chunk: int = 256
+
+
+BUDGETS: dict[str, Budget] = {
+    b.name: b for b in (
+        Budget("smoke", max_epochs=2, patience=1, max_train_users=48, max_val_users=16, max_test_users=64,
+               eval_chunk=64),
+        Budget("book", max_epochs=30, patience=3),
+        Budget("full", max_epochs=100, patience=5),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the table: ``kind`` says how it is computed, ``method``/``overrides`` what exactly."""
+
+    kind: str  # "constant" or "meta"
+    method: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+# MAMO as its authors' code runs it (../shared/notes/reference-code.md §1.10-1.12, book/errata.md): the
+# classification head, τ = 0.01, 9 local steps with every group local, M_U holding weight matrices only,
+# Eq. 12's sum over users. (The code's Adam local optimiser and its random attention layer are not offered.)
+MAMO_AS_CODED = {"head": "classification", "tau": 0.01, "inner_steps": 9, "local_groups": GROUPS,
+                 "gradient_params": "weights", "reduction": "sum"}
+
+ROWS: dict[str, Row] = {
+    "global median": Row("constant", "global-median", note="the median training rating (minimises MAE)"),
+    "global mean": Row("constant", "global-mean"),
+    "item mean": Row("constant", "item-mean"),
+    "user support mean": Row("constant", "user-mean"),
+    "MeLU": Row("meta", "melu"),
+    "MetaCS-DNN": Row("meta", "metacs-dnn"),
+    "MAML": Row("meta", "maml", {"local_lr": 1e-3}, note="ρ = 1e-3: the package default ρ = 0.01 diverges"),
+    "MAMO": Row("meta", "mamo"),
+    "MAMO (as coded)": Row("meta", "mamo", MAMO_AS_CODED),
+}
+
+
+def slug(label: str) -> str:
+    """A file-system name for a row label (``"MAMO (as coded)"`` → ``mamo-as-coded``)."""
+    out = "".join(c.lower() if c.isalnum() else "-" for c in label.replace("+", "plus"))
+    return "-".join(p for p in out.split("-") if p)
+
+
+def within_user_spread(pred: torch.Tensor, batch: TaskBatch, rating_range) -> float:
+    """Mean over users of the standard deviation of a user's (clipped) query predictions.
+
+    Users with fewer than two real query ratings are left out. Near 0 means the model predicts one
+    rating per user, whatever the item: its MAE is that of a per-user constant and its NDCG is noise.
+    """
+    p = clip_predictions(pred.detach().cpu().double(), rating_range)
+    mask = batch.query_mask.cpu()
+    n = mask.sum(1)
+    keep = n >= 2
+    if not bool(keep.any()):
+        return float("nan")
+    m = mask.double()
+    mean = (p * m).sum(1) / n.clamp(min=1)
+    var = (((p - mean[:, None]) ** 2) * m).sum(1) / n.clamp(min=1)
+    return float(var[keep].sqrt().mean())
+
+
+# -- one cell -------------------------------------------------------------------------------------------
+
+def _constant(method: str, train: TaskBatch, test: TaskBatch) -> torch.Tensor:
+    if method == "global-median":
+        y = torch.cat([train.support_y[train.support_mask], train.query_y[train.query_mask]])
+        return torch.full_like(test.query_y, float(y.median()))
+    if method == "global-mean":
+        return global_mean(train, test)
+    if method == "item-mean":
+        return item_mean(train, test)
+    if method == "user-mean":
+        return user_support_mean(test)
+    raise ValueError(f"unknown constant predictor {method!r}")
+
+
+def _meta(row: Row, dataset: str, data, seed: int, budget: Budget, device) -> tuple:
+    seed_everything(seed)
+    learner = build_learner(row.method, data.spec, dataset, overrides=row.overrides)
+    result = fit(learner, data, epochs=budget.max_epochs, seed=seed, device=device, patience=budget.patience,
+                 max_train_users=budget.max_train_users, max_val_users=budget.max_val_users,
+                 eval_chunk=budget.eval_chunk, progress=False)
+    info = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "diverged": result.diverged,
+            "stopped_early": result.stopped_early, "val": result.best_val,
+            "history": result.history.query("metric != 'seconds'").to_dict(orient="records")}
+    if result.best_epoch == 0:
+        return None, info
+    from mamo_lite.meta.engine import predict
+
+    test = subset_users(data.tasks("test"), budget.max_test_users, seed)
+    pred = predict(learner, test.to(next(learner.parameters()).device), chunk=budget.eval_chunk).cpu()
+    if not bool(torch.isfinite(pred[test.query_mask]).all()):
+        raise NonFinitePredictionError("adapted test predictions are not finite")
+    return pred, info
+
+
+def run_cell(label: str, dataset: str, seed: int, budget: Budget | str = "book", *, data=None,
+             device: str | torch.device = "cpu") -> dict:
+    """Compute one cell: ``{"rows": tidy metric rows, "info": what the run did}`` (see the module doc)."""
+    from mamo_lite.data import load
+
+    row = ROWS[label]
+    budget = BUDGETS[budget] if isinstance(budget, str) else budget
+    data = data if data is not None else load(dataset, seed=seed)
+    train = subset_users(data.tasks("train"), budget.max_train_users, seed)
+    test = subset_users(data.tasks("test"), budget.max_test_users, seed)
+    start = time.perf_counter()
+    info: dict[str, Any] = {}
+    try:
+        if row.kind == "constant":
+            pred = _constant(row.method, train, test)
+        elif row.kind == "meta":
+            pred, info = _meta(row, dataset, data, seed, budget, device)
+        else:
+            raise ValueError(f"unknown row kind {row.kind!r}")
+    except NonFinitePredictionError as e:
+        pred, info = None, {**info, "diverged": f"diverged ({e})"}
+    info["seconds"] = time.perf_counter() - start
+    if pred is None:
+        info.setdefault("diverged", "diverged")
+        return {"rows": [], "info": info}
+    table = scenario_metrics(pred, test, method=label, dataset=dataset, seed=seed, rating_range=data.spec)
+    spread = {"method": label, "dataset": dataset, "scenario": "all", "metric": "spread", "seed": seed,
+              "value": within_user_spread(pred, test, data.spec), "n": int((test.query_mask.sum(1) >= 2).sum())}
+    rows = [*table.to_dict(orient="records"), spread]
+    return {"rows": json_safe(rows), "info": json_safe(info)}
+
+
+# -- the table ------------------------------------------------------------------------------------------
+
+def _commit() -> dict[str, Any]:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                    capture_output=True, text=True, check=True, timeout=10).stdout.strip())
+        return {"commit": head, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def _data_identity(data) -> dict[str, Any]:
+    files = {k: {"sha256": f.get("sha256")} for k, f in (data.provenance.get("files") or {}).items()}
+    return {"name": data.name, "release": data.release, "files": files}
+
+
+def cell_key(label: str, dataset: str, seed: int, budget: Budget, data) -> str:
+    """What a cell's numbers depend on, hashed: a finished cell with the same key is not recomputed."""
+    row = ROWS[label]
+    blob = json.dumps(json_safe({"row": asdict(row), "dataset": dataset, "seed": seed, "budget": asdict(budget),
+                                 "data": _data_identity(data), "format": 1}), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def table1(datasets: Iterable[str] = ("movielens-1m", "book-crossing"), rows: Iterable[str] | None = None,
+           seeds: Iterable[int] = range(5), budget: Budget | str = "book", *, out: str | Path = DEFAULT_OUT,
+           device: str | torch.device = "cpu", show_progress: bool | None = None,
+           loader: Callable[..., Any] | None = None) -> pd.DataFrame:
+    """Every (row × dataset × seed) cell, computed or read back from ``out``; returns the tidy table.
+
+    Writes ``out/<dataset>/<row>/seed<k>.json`` per cell (atomically, as it finishes) and then
+    ``out/table1.csv`` (all rows) and ``out/table1.json`` (provenance and per-cell run facts).
+    """
+    from mamo_lite.data import load
+
+    loader = loader or load
+    budget = BUDGETS[budget] if isinstance(budget, str) else budget
+    labels = list(rows) if rows is not None else list(ROWS)
+    unknown = [label for label in labels if label not in ROWS]
+    if unknown:
+        raise ValueError(f"unknown row(s) {unknown}; choose from {list(ROWS)}")
+    seeds = list(seeds)
+    out = Path(out)
+    dev = resolve_device(device)
+    cells = [(d, label, s) for d in datasets for s in seeds for label in labels]
+    bar = progress(total=len(cells), enabled=show_progress, desc="table 1", unit="cell")
+    collected, facts, cache = [], [], {}
+    try:
+        for dataset, label, seed in cells:
+            if (dataset, seed) not in cache:
+                cache = {(dataset, seed): loader(dataset, seed=seed)}  # one dataset split in memory at a time
+            data = cache[(dataset, seed)]
+            key = cell_key(label, dataset, seed, budget, data)
+            path = out / dataset / slug(label) / f"seed{seed}.json"
+            cell = None
+            if path.is_file():
+                try:
+                    stored = json.loads(path.read_text(encoding="utf-8"))
+                    cell = stored if stored.get("key") == key else None
+                except (OSError, ValueError):
+                    cell = None
+            if cell is None:
+                result = run_cell(label, dataset, seed, budget, data=data, device=dev)
+                cell = {"key": key, "row": label, "dataset": dataset, "seed": seed, **result,
+                        "provenance": {**_commit(), "device": str(dev), "versions": versions(dev),
+                                       "data": _data_identity(data), "budget": asdict(budget),
+                                       "row_spec": asdict(ROWS[label])}}
+                atomic_write_text(path, json.dumps(json_safe(cell), indent=1, sort_keys=True))
+            collected += cell["rows"]
+            facts.append({"dataset": dataset, "row": label, "seed": seed,
+                          **{k: cell["info"].get(k) for k in ("best_epoch", "epochs_run", "diverged", "seconds")}})
+            bar.update(1)
+    finally:
+        bar.close()
+    table = pd.DataFrame(collected, columns=list(COLUMNS))
+    atomic_write_text(out / "table1.csv", table.to_csv(index=False))
+    atomic_write_text(out / "table1.json", json.dumps(json_safe({
+        "budget": asdict(budget), "datasets": list(datasets), "rows": labels, "seeds": seeds,
+        "cells": facts, **_commit(), "versions": versions(dev)}), indent=1, sort_keys=True))
+    return table

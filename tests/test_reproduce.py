@@ -1,0 +1,93 @@
+"""``mamo_lite.reproduce``: Table 1 cells computed once, read back, recomputed only when their inputs change."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import tiny_batch, tiny_spec
+
+import mamo_lite.reproduce as rp
+from mamo_lite.cli import main
+from mamo_lite.data import load
+
+ROWS = ["global median", "user support mean", "MAML"]
+
+
+def test_within_user_spread_by_hand():
+    batch = tiny_batch(tiny_spec(), n_users=2, n_query=3, seed=0)
+    batch = batch.replace(query_mask=torch.tensor([[True, True, True], [True, False, False]]))
+    pred = torch.tensor([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0]])
+    # user 0: population std of (1, 2, 3) = sqrt(2/3); user 1 has one real rating and is left out
+    assert rp.within_user_spread(pred, batch, (1.0, 5.0)) == pytest.approx((2 / 3) ** 0.5)
+    clipped = torch.tensor([[0.0, 5.0, 9.0], [4.0, 4.0, 4.0]])  # clipped to 1..5 first: (1, 5, 5)
+    assert rp.within_user_spread(clipped, batch, (1.0, 5.0)) == pytest.approx(torch.tensor([1.0, 5, 5]).std(unbiased=False).item())
+
+
+def test_slugs_are_file_names():
+    assert rp.slug("MAMO (as coded)") == "mamo-as-coded" and rp.slug("DNN + fine-tuning") == "dnn-plus-fine-tuning"
+    assert len({rp.slug(r) for r in rp.ROWS}) == len(rp.ROWS)
+
+
+def test_the_global_median_is_the_median_training_rating():
+    data = load("synthetic", seed=0)
+    cell = rp.run_cell("global median", "synthetic", 0, "smoke", data=data)
+    budget = rp.BUDGETS["smoke"]
+    train = rp.subset_users(data.tasks("train"), budget.max_train_users, 0)
+    test = rp.subset_users(data.tasks("test"), budget.max_test_users, 0)
+    median = torch.cat([train.support_y[train.support_mask], train.query_y[train.query_mask]]).median()
+    # Eq. 13 by hand: each test user's mean |median − y| over its real query ratings, then the mean over users
+    m = test.query_mask.double()
+    per_user = ((median - test.query_y).abs() * m).sum(1) / m.sum(1)
+    mae = next(r["value"] for r in cell["rows"] if r["scenario"] == "all" and r["metric"] == "MAE")
+    assert mae == pytest.approx(float(per_user.mean()), rel=1e-6)
+    spread = [r for r in cell["rows"] if r["metric"] == "spread"]
+    assert len(spread) == 1 and spread[0]["value"] == 0.0  # a constant has no within-user spread
+
+
+def test_cells_are_written_read_back_and_recomputed_only_when_their_inputs_change(tmp_path, monkeypatch):
+    first = rp.table1(["synthetic"], ROWS, [0, 1], "smoke", out=tmp_path, show_progress=False)
+    files = sorted(tmp_path.rglob("seed*.json"))
+    assert len(files) == 6 and (tmp_path / "table1.csv").is_file() and (tmp_path / "table1.json").is_file()
+    cell = json.loads(files[0].read_text())
+    assert {"key", "rows", "info", "provenance"} <= set(cell)
+    assert {"commit", "device", "versions", "data", "budget"} <= set(cell["provenance"])
+    assert set(first["metric"]) == {"MAE", "RMSE", "NDCG@3", "spread"}
+
+    calls = []
+    real = rp.run_cell
+    monkeypatch.setattr(rp, "run_cell", lambda *a, **k: calls.append(a[:3]) or real(*a, **k))
+    again = rp.table1(["synthetic"], ROWS, [0, 1], "smoke", out=tmp_path, show_progress=False)
+    assert calls == [] and again.equals(first)  # everything read back
+
+    (tmp_path / "synthetic" / "maml" / "seed1.json").unlink()  # an interrupted run: this cell is missing
+    rp.table1(["synthetic"], ROWS, [0, 1], "smoke", out=tmp_path, show_progress=False)
+    assert calls == [("MAML", "synthetic", 1)]
+
+    calls.clear()
+    monkeypatch.setitem(rp.ROWS, "MAML", rp.Row("meta", "maml", {"local_lr": 2e-3}))  # the row changed
+    rp.table1(["synthetic"], ROWS, [0], "smoke", out=tmp_path, show_progress=False)
+    assert calls == [("MAML", "synthetic", 0)]
+
+
+def test_same_seed_cells_are_reproducible(tmp_path):
+    a = rp.run_cell("MAML", "synthetic", 3, "smoke", data=load("synthetic", seed=3))
+    b = rp.run_cell("MAML", "synthetic", 3, "smoke", data=load("synthetic", seed=3))
+    assert a["rows"] == b["rows"] and a["info"]["best_epoch"] == b["info"]["best_epoch"]
+
+
+def test_a_diverged_cell_is_an_event_not_a_number(tmp_path, monkeypatch):
+    monkeypatch.setitem(rp.ROWS, "MAML", rp.Row("meta", "maml", {"global_lr": 1e30, "global_optimizer": "sgd"}))
+    table = rp.table1(["synthetic"], ["MAML"], [0], "smoke", out=tmp_path, show_progress=False)
+    assert table.empty
+    facts = json.loads((tmp_path / "table1.json").read_text())["cells"]
+    assert facts[0]["diverged"].startswith("diverged")
+
+
+def test_cli_reproduce(tmp_path, capsys):
+    assert main(["reproduce", "table1", "--datasets", "synthetic", "--seeds", "1", "--budget", "smoke",
+                 "--rows", "global median", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert main(["reproduce", "table1", "--rows", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown row(s) ['nope']" in capsys.readouterr().err
