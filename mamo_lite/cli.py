@@ -55,10 +55,12 @@ where data comes from:
 """
 
 REPRODUCE_HELP = """\
-rows: global median, global mean, item mean, user support mean (constants), MeLU, MetaCS-DNN, MAML,
-  MAMO, MAMO (as coded). Each cell is results/table1/<dataset>/<row>/seed<k>.json with its tidy
-  metric rows, the run's facts (selected epoch, epochs run, divergence) and its provenance (commit,
-  device, versions, data checksums, budget). A cell whose inputs changed is recomputed.
+rows: global median, global mean, item mean, user support mean (constants), MeLU, MetaCS-DNN,
+  MetaCS-DNN (λ validated), MAML, MAMO, MAMO (as coded). Each cell is
+  results/table1/<dataset>/<row>/seed<k>.json with its tidy metric rows, the run's facts (selected
+  epoch, epochs run, divergence) and its provenance (commit, device, versions, data checksums,
+  budget). A cell whose inputs changed is recomputed. Rows with a grid (MAML's ρ, MetaCS-DNN's λ)
+  first choose their values on seed 0's validation users: <dataset>/<row>/grid.json.
 """
 
 RESUME_HELP = """\

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -80,6 +81,7 @@ class Row:
     method: str
     overrides: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    grid: dict[str, tuple] = field(default_factory=dict)  # hyper-parameters chosen on validation users
 
 
 # MAMO as its authors' code runs it (../shared/notes/reference-code.md §1.10-1.12, book/errata.md): the
@@ -93,9 +95,11 @@ ROWS: dict[str, Row] = {
     "global mean": Row("constant", "global-mean"),
     "item mean": Row("constant", "item-mean"),
     "user support mean": Row("constant", "user-mean"),
-    "MeLU": Row("meta", "melu"),
-    "MetaCS-DNN": Row("meta", "metacs-dnn"),
-    "MAML": Row("meta", "maml", {"local_lr": 1e-3}, note="ρ = 1e-3: the package default ρ = 0.01 diverges"),
+    "MeLU": Row("meta", "melu", note="MeLU's published code defaults, as MAMO's Table 1 used them"),
+    "MetaCS-DNN": Row("meta", "metacs-dnn", note="SGD 0.4 as MAMO's appendix A.2.2 gives (diverges on MovieLens)"),
+    "MetaCS-DNN (λ validated)": Row("meta", "metacs-dnn", grid={"global_lr": (0.4, 0.05, 0.01)},
+                                    note="λ chosen on validation users"),
+    "MAML": Row("meta", "maml", grid={"local_lr": (1e-2, 3e-3, 1e-3)}, note="ρ chosen on validation users"),
     "MAMO": Row("meta", "mamo"),
     "MAMO (as coded)": Row("meta", "mamo", MAMO_AS_CODED),
 }
@@ -161,11 +165,18 @@ def _meta(row: Row, dataset: str, data, seed: int, budget: Budget, device) -> tu
 
 
 def run_cell(label: str, dataset: str, seed: int, budget: Budget | str = "book", *, data=None,
-             device: str | torch.device = "cpu") -> dict:
-    """Compute one cell: ``{"rows": tidy metric rows, "info": what the run did}`` (see the module doc)."""
+             device: str | torch.device = "cpu", chosen: dict[str, Any] | None = None) -> dict:
+    """Compute one cell: ``{"rows": tidy metric rows, "info": what the run did}`` (see the module doc).
+
+    ``chosen``: the values of the row's ``grid`` picked on validation users (:func:`tune`).
+    """
     from mamo_lite.data import load
 
     row = ROWS[label]
+    if row.grid and chosen is None:
+        raise ValueError(f"row {label!r} has a grid: pass the validated values (chosen=, see tune())")
+    if chosen:
+        row = Row(row.kind, row.method, {**row.overrides, **chosen}, row.note)
     budget = BUDGETS[budget] if isinstance(budget, str) else budget
     data = data if data is not None else load(dataset, seed=seed)
     train = subset_users(data.tasks("train"), budget.max_train_users, seed)
@@ -189,7 +200,36 @@ def run_cell(label: str, dataset: str, seed: int, budget: Budget | str = "book",
     spread = {"method": label, "dataset": dataset, "scenario": "all", "metric": "spread", "seed": seed,
               "value": within_user_spread(pred, test, data.spec), "n": int((test.query_mask.sum(1) >= 2).sum())}
     rows = [*table.to_dict(orient="records"), spread]
-    return {"rows": json_safe(rows), "info": json_safe(info)}
+    return {"rows": json_safe(rows), "info": json_safe({**info, "chosen": chosen or {}})}
+
+
+def tune(label: str, dataset: str, budget: Budget | str, data, *, device: str | torch.device = "cpu"
+         ) -> tuple[dict[str, Any], list[dict]]:
+    """Pick the row's grid values by the best validation MAE (seed 0's split, never the test users).
+
+    Returns ``(chosen, table)``: the winning values and one entry per grid point (validation MAE,
+    selected epoch, divergence). A diverged grid point never wins.
+    """
+    import itertools
+
+    row = ROWS[label]
+    budget = BUDGETS[budget] if isinstance(budget, str) else budget
+    names = list(row.grid)
+    table = []
+    for values in itertools.product(*(row.grid[n] for n in names)):
+        point = dict(zip(names, values, strict=True))
+        seed_everything(0)
+        learner = build_learner(row.method, data.spec, dataset, overrides={**row.overrides, **point})
+        result = fit(learner, data, epochs=budget.max_epochs, seed=0, device=device, patience=budget.patience,
+                     max_train_users=budget.max_train_users, max_val_users=budget.max_val_users,
+                     eval_chunk=budget.eval_chunk, progress=False)
+        table.append({**point, "val_MAE": result.best_val.get("MAE") if result.best_epoch else None,
+                      "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "diverged": result.diverged})
+    healthy = [t for t in table if t["val_MAE"] is not None and math.isfinite(t["val_MAE"])]
+    if not healthy:
+        raise RuntimeError(f"every grid point of {label!r} on {dataset} diverged: {table}")
+    best = min(healthy, key=lambda t: t["val_MAE"])
+    return {n: best[n] for n in names}, table
 
 
 # -- the table ------------------------------------------------------------------------------------------
@@ -210,12 +250,36 @@ def _data_identity(data) -> dict[str, Any]:
     return {"name": data.name, "release": data.release, "files": files}
 
 
-def cell_key(label: str, dataset: str, seed: int, budget: Budget, data) -> str:
+def cell_key(label: str, dataset: str, seed: int, budget: Budget, data, chosen: dict | None = None) -> str:
     """What a cell's numbers depend on, hashed: a finished cell with the same key is not recomputed."""
     row = ROWS[label]
     blob = json.dumps(json_safe({"row": asdict(row), "dataset": dataset, "seed": seed, "budget": asdict(budget),
-                                 "data": _data_identity(data), "format": 1}), sort_keys=True)
+                                 "data": _data_identity(data), "chosen": chosen or {}, "format": 1}),
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _tuned(label: str, dataset: str, budget: Budget, out: Path, loader, device) -> dict[str, Any]:
+    """The row's validated grid values: read from ``out/<dataset>/<row>/grid.json`` or computed there."""
+    row = ROWS[label]
+    path = out / dataset / slug(label) / "grid.json"
+    data = loader(dataset, seed=0)
+    key = hashlib.sha256(json.dumps(json_safe({"row": asdict(row), "budget": asdict(budget),
+                                               "data": _data_identity(data)}), sort_keys=True).encode()).hexdigest()[:16]
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            if stored.get("key") == key:
+                return stored["chosen"]
+        except (OSError, ValueError, KeyError):
+            pass
+    chosen, table = tune(label, dataset, budget, data, device=device)
+    atomic_write_text(path, json.dumps(json_safe({
+        "key": key, "row": label, "dataset": dataset, "chosen": chosen, "grid": table,
+        "selected_on": "validation users of seed 0's split (best validation MAE; diverged points excluded)",
+        "provenance": {**_commit(), "device": str(device), "versions": versions(device), "budget": asdict(budget),
+                       "data": _data_identity(data)}}), indent=1, sort_keys=True))
+    return chosen
 
 
 def table1(datasets: Iterable[str] = ("movielens-1m", "book-crossing"), rows: Iterable[str] | None = None,
@@ -246,7 +310,10 @@ def table1(datasets: Iterable[str] = ("movielens-1m", "book-crossing"), rows: It
             if (dataset, seed) not in cache:
                 cache = {(dataset, seed): loader(dataset, seed=seed)}  # one dataset split in memory at a time
             data = cache[(dataset, seed)]
-            key = cell_key(label, dataset, seed, budget, data)
+            chosen = None
+            if ROWS[label].grid:
+                chosen = _tuned(label, dataset, budget, out, loader, dev)
+            key = cell_key(label, dataset, seed, budget, data, chosen)
             path = out / dataset / slug(label) / f"seed{seed}.json"
             cell = None
             if path.is_file():
@@ -256,7 +323,7 @@ def table1(datasets: Iterable[str] = ("movielens-1m", "book-crossing"), rows: It
                 except (OSError, ValueError):
                     cell = None
             if cell is None:
-                result = run_cell(label, dataset, seed, budget, data=data, device=dev)
+                result = run_cell(label, dataset, seed, budget, data=data, device=dev, chosen=chosen)
                 cell = {"key": key, "row": label, "dataset": dataset, "seed": seed, **result,
                         "provenance": {**_commit(), "device": str(dev), "versions": versions(dev),
                                        "data": _data_identity(data), "budget": asdict(budget),

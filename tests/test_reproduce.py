@@ -72,9 +72,26 @@ def test_cells_are_written_read_back_and_recomputed_only_when_their_inputs_chang
 
 
 def test_same_seed_cells_are_reproducible(tmp_path):
-    a = rp.run_cell("MAML", "synthetic", 3, "smoke", data=load("synthetic", seed=3))
-    b = rp.run_cell("MAML", "synthetic", 3, "smoke", data=load("synthetic", seed=3))
+    a = rp.run_cell("MAML", "synthetic", 3, "smoke", data=load("synthetic", seed=3), chosen={"local_lr": 1e-3})
+    b = rp.run_cell("MAML", "synthetic", 3, "smoke", data=load("synthetic", seed=3), chosen={"local_lr": 1e-3})
     assert a["rows"] == b["rows"] and a["info"]["best_epoch"] == b["info"]["best_epoch"]
+    assert a["info"]["chosen"] == {"local_lr": 1e-3}
+    with pytest.raises(ValueError, match="has a grid"):
+        rp.run_cell("MAML", "synthetic", 3, "smoke", data=load("synthetic", seed=3))
+
+
+def test_grid_values_are_chosen_on_validation_users_and_a_diverged_point_never_wins(tmp_path, monkeypatch):
+    monkeypatch.setitem(rp.ROWS, "MAML", rp.Row("meta", "maml", {"global_optimizer": "sgd"},
+                                                grid={"global_lr": (1e30, 0.05, 0.01)}))
+    chosen, table = rp.tune("MAML", "synthetic", "smoke", load("synthetic", seed=0))
+    assert [t["global_lr"] for t in table] == [1e30, 0.05, 0.01]
+    assert table[0]["diverged"] and table[0]["val_MAE"] is None
+    healthy = [t for t in table if t["val_MAE"] is not None]
+    assert chosen == {"global_lr": min(healthy, key=lambda t: t["val_MAE"])["global_lr"]}
+    rp.table1(["synthetic"], ["MAML"], [0], "smoke", out=tmp_path, show_progress=False)
+    grid = json.loads((tmp_path / "synthetic" / "maml" / "grid.json").read_text())
+    cell = json.loads((tmp_path / "synthetic" / "maml" / "seed0.json").read_text())
+    assert grid["chosen"] == chosen == cell["info"]["chosen"] and "validation" in grid["selected_on"]
 
 
 def test_a_diverged_cell_is_an_event_not_a_number(tmp_path, monkeypatch):
