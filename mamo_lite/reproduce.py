@@ -6,7 +6,8 @@ users per scenario (W-W, W-C, C-W, C-C, all; MAE, RMSE, NDCG@3). Every cell is o
 
     results/table1/<dataset>/<row>/seed<k>.json
 
-holding the tidy rows (``method, dataset, scenario, metric, seed, value, n``), what the run did
+holding the tidy rows (``method, dataset, scenario, metric, seed, value, n``), each test user's MAE and
+NDCG@3 (the per-user terms of Eqs. 13–14, for paired comparisons between rows), what the run did
 (selected epoch, epochs run, divergence as an event, wall time) and where the numbers come from (commit,
 device, versions, data release and checksums, budget, configuration). A finished cell is never
 recomputed unless its *key* (row, budget, data identity, configuration) changed; files are written
@@ -37,7 +38,7 @@ import pandas as pd
 import torch
 
 from mamo_lite.data.tasks import TaskBatch
-from mamo_lite.evaluate import COLUMNS, clip_predictions, scenario_metrics
+from mamo_lite.evaluate import COLUMNS, clip_predictions, per_user_metrics, scenario_metrics
 from mamo_lite.methods import build_learner
 from mamo_lite.methods.baselines import global_mean, item_mean, user_support_mean
 from mamo_lite.models.recommender import GROUPS
@@ -195,12 +196,15 @@ def run_cell(label: str, dataset: str, seed: int, budget: Budget | str = "book",
     info["seconds"] = time.perf_counter() - start
     if pred is None:
         info.setdefault("diverged", "diverged")
-        return {"rows": [], "info": info}
+        return {"rows": [], "per_user": {}, "info": info}
     table = scenario_metrics(pred, test, method=label, dataset=dataset, seed=seed, rating_range=data.spec)
     spread = {"method": label, "dataset": dataset, "scenario": "all", "metric": "spread", "seed": seed,
               "value": within_user_spread(pred, test, data.spec), "n": int((test.query_mask.sum(1) >= 2).sum())}
     rows = [*table.to_dict(orient="records"), spread]
-    return {"rows": json_safe(rows), "info": json_safe({**info, "chosen": chosen or {}})}
+    users = per_user_metrics(pred, test, rating_range=data.spec)  # Eqs. 13-14's per-user terms: paired tests
+    per_user = {"user": users["user"].tolist(), "MAE": users["MAE"].round(6).tolist(),
+                "NDCG@3": users["NDCG@3"].round(6).tolist()}
+    return {"rows": json_safe(rows), "per_user": json_safe(per_user), "info": json_safe({**info, "chosen": chosen or {}})}
 
 
 def tune(label: str, dataset: str, budget: Budget | str, data, *, device: str | torch.device = "cpu"
@@ -254,7 +258,7 @@ def cell_key(label: str, dataset: str, seed: int, budget: Budget, data, chosen: 
     """What a cell's numbers depend on, hashed: a finished cell with the same key is not recomputed."""
     row = ROWS[label]
     blob = json.dumps(json_safe({"row": asdict(row), "dataset": dataset, "seed": seed, "budget": asdict(budget),
-                                 "data": _data_identity(data), "chosen": chosen or {}, "format": 1}),
+                                 "data": _data_identity(data), "chosen": chosen or {}, "format": 2}),
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

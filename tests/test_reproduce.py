@@ -51,7 +51,8 @@ def test_cells_are_written_read_back_and_recomputed_only_when_their_inputs_chang
     files = sorted(tmp_path.rglob("seed*.json"))
     assert len(files) == 6 and (tmp_path / "table1.csv").is_file() and (tmp_path / "table1.json").is_file()
     cell = json.loads(files[0].read_text())
-    assert {"key", "rows", "info", "provenance"} <= set(cell)
+    assert {"key", "rows", "per_user", "info", "provenance"} <= set(cell)
+    assert len(cell["per_user"]["user"]) == len(cell["per_user"]["MAE"]) == rp.BUDGETS["smoke"].max_test_users
     assert {"commit", "device", "versions", "data", "budget"} <= set(cell["provenance"])
     assert set(first["metric"]) == {"MAE", "RMSE", "NDCG@3", "spread"}
 
