@@ -29,6 +29,8 @@ from torch import Tensor
 
 Average = Literal["rating", "user"]
 MetricName = Literal["MAE", "RMSE", "NDCG"]
+Gain = Literal["exponential", "linear"]
+Ties = Literal["position", "optimistic", "pessimistic"]
 
 
 def _mask(mask: Tensor | None, y: Tensor) -> Tensor:
@@ -70,27 +72,32 @@ def rmse(pred: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
     return _masked_mean((pred - y).square(), m).sqrt()
 
 
-def _rank(scores: Tensor, mask: Tensor) -> Tensor:
-    """Item indices by descending score: valid items first, ties kept in position order (stable)."""
-    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+def _rank(scores: Tensor, mask: Tensor, tiebreak: Tensor | None = None) -> Tensor:
+    """Item indices by descending score: valid items first; ties by descending ``tiebreak``, then position."""
+    if tiebreak is None:
+        order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    else:  # sort by the tie-break first, then stably by score: equal scores keep the tie-break order
+        first = torch.sort(tiebreak, dim=-1, descending=True, stable=True).indices
+        order = first.gather(-1, torch.sort(scores.gather(-1, first), dim=-1, descending=True, stable=True).indices)
     valid_first = torch.sort(mask.gather(-1, order).to(torch.int8), dim=-1, descending=True,
                              stable=True).indices
     return order.gather(-1, valid_first)
 
 
-def _dcg(scores: Tensor, gains: Tensor, mask: Tensor, k: int) -> Tensor:
+def _dcg(scores: Tensor, gains: Tensor, mask: Tensor, k: int, tiebreak: Tensor | None = None) -> Tensor:
     """Eq. 15: ``Σ_{n=1..k} gain_n / log2(n + 1)`` over the items ranked by ``scores``.
 
     Masked items are ranked after every valid one and carry gain 0, so when fewer than ``k`` items
     are valid the sum simply runs over all of them.
     """
-    order = _rank(scores, mask)
+    order = _rank(scores, mask, tiebreak)
     g = torch.where(mask, gains, torch.zeros_like(gains)).gather(-1, order)[..., :k]
     n = torch.arange(1, g.shape[-1] + 1, dtype=g.dtype, device=g.device)
     return (g / torch.log2(n + 1)).sum(-1)
 
 
-def ndcg_at_k(pred: Tensor, y: Tensor, mask: Tensor | None = None, k: int = 3) -> Tensor:
+def ndcg_at_k(pred: Tensor, y: Tensor, mask: Tensor | None = None, k: int = 3, *,
+              gain: Gain = "exponential", ties: Ties = "position") -> Tensor:
     """Per-user graded NDCG@k, Eqs. 14–15 (the inner ratio ``DCG@k / IDCG@k``).
 
     * **Gain** ``2^y − 1`` of the true rating ``y``; **discount** ``log2(n + 1)`` for rank
@@ -108,15 +115,25 @@ def ndcg_at_k(pred: Tensor, y: Tensor, mask: Tensor | None = None, k: int = 3) -
 
     Gains assume ratings ≥ 0. Returns ``Tensor[...]`` (the last dim reduced), in the promoted
     floating dtype of ``pred`` (at least float32).
+
+    Variants, for finding out how the paper computed its numbers (it does not say): ``gain="linear"``
+    uses the rating itself as the gain (Eq. 15 with ``rel = y``), which compresses the differences
+    between ratings and raises every NDCG; ``ties="optimistic"`` / ``"pessimistic"`` break ties in the
+    prediction by the true rating, best / worst first (a constant predictor then scores 1 / its worst).
     """
     _check(pred, y)
     if int(k) != k or k < 1:
         raise ValueError(f"k must be a positive integer, got {k}")
+    if gain not in ("exponential", "linear"):
+        raise ValueError(f"gain must be 'exponential' or 'linear', got {gain!r}")
+    if ties not in ("position", "optimistic", "pessimistic"):
+        raise ValueError(f"ties must be 'position', 'optimistic' or 'pessimistic', got {ties!r}")
     m = _mask(mask, y)
     dtype = torch.promote_types(pred.dtype, torch.float32)
     pred, y = pred.to(dtype), y.to(dtype)
-    gains = torch.pow(2.0, y) - 1.0
-    dcg = _dcg(pred, gains, m, k)
+    gains = torch.pow(2.0, y) - 1.0 if gain == "exponential" else y.clone()
+    tiebreak = None if ties == "position" else (y if ties == "optimistic" else -y)
+    dcg = _dcg(pred, gains, m, k, tiebreak)
     idcg = _dcg(y, gains, m, k)
     out = torch.where(idcg > 0, dcg / torch.where(idcg > 0, idcg, torch.ones_like(idcg)),
                       torch.ones_like(dcg))
@@ -139,7 +156,7 @@ def pool(pred: Tensor, y: Tensor, mask: Tensor | None = None) -> tuple[Tensor, T
 
 
 def ndcg_clips(pred: Tensor, y: Tensor, mask: Tensor | None = None, *, k: int = 3,
-               clip: int = 5) -> Tensor:
+               clip: int = 5, gain: Gain = "exponential", ties: Ties = "position") -> Tensor:
     """Per-clip NDCG@k of appendix A.2.3 (the paper's per-scenario NDCG); returns ``Tensor[n_clips]``.
 
     The valid pairs are concatenated over users (:func:`pool`: batch order, then query position),
@@ -158,7 +175,7 @@ def ndcg_clips(pred: Tensor, y: Tensor, mask: Tensor | None = None, *, k: int = 
       items (MAMO's fixed 5-item queries, ``clip=5``) the clips *are* the users and the two
       averages coincide; they part inside a scenario, where users contribute 1–5 items.
 
-    Empty selection → an empty tensor.
+    ``gain`` and ``ties`` as in :func:`ndcg_at_k`. Empty selection → an empty tensor.
     """
     if clip < k:
         raise ValueError(f"clip ({clip}) must be ≥ k ({k}) so that a full clip fills the top-k")
@@ -172,7 +189,7 @@ def ndcg_clips(pred: Tensor, y: Tensor, mask: Tensor | None = None, *, k: int = 
     padded_p[:keep], padded_t[:keep] = p[:keep], t[:keep]
     valid = torch.arange(size, device=p.device) < keep
     shape = (n_clips, clip)
-    return ndcg_at_k(padded_p.view(shape), padded_t.view(shape), valid.view(shape), k=k)
+    return ndcg_at_k(padded_p.view(shape), padded_t.view(shape), valid.view(shape), k=k, gain=gain, ties=ties)
 
 
 class Aggregate(NamedTuple):
@@ -184,7 +201,8 @@ class Aggregate(NamedTuple):
 
 
 def aggregate(metric: MetricName, pred: Tensor, y: Tensor, mask: Tensor | None = None, *,
-              average: Average = "user", k: int = 3, clip: int = 5, min_items: int = 1) -> Aggregate:
+              average: Average = "user", k: int = 3, clip: int = 5, min_items: int = 1,
+              gain: Gain = "exponential", ties: Ties = "position") -> Aggregate:
     """Aggregate ``metric`` ("MAE", "RMSE" or "NDCG" = NDCG@k) over a masked batch.
 
     ``average="user"`` (default: Eqs. 13–14 as printed): the per-user value, then the mean over the
@@ -198,6 +216,7 @@ def aggregate(metric: MetricName, pred: Tensor, y: Tensor, mask: Tensor | None =
 
     The two differ whenever users contribute different numbers of ratings: pooled MAE weights each
     rating equally, the per-user mean weights each user equally. Nothing to average → ``NaN``, n=0.
+    ``gain`` and ``ties`` select NDCG variants (:func:`ndcg_at_k`).
     """
     _check(pred, y)
     m = _mask(mask, y)
@@ -205,7 +224,7 @@ def aggregate(metric: MetricName, pred: Tensor, y: Tensor, mask: Tensor | None =
         raise ValueError(f"unknown metric {metric!r}; expected 'MAE', 'RMSE' or 'NDCG'")
     if average == "rating":
         if metric == "NDCG":
-            values = ndcg_clips(pred, y, m, k=k, clip=clip)
+            values = ndcg_clips(pred, y, m, k=k, clip=clip, gain=gain, ties=ties)
             unit = "clips"
         else:
             p, t = pool(pred, y, m)
@@ -219,7 +238,7 @@ def aggregate(metric: MetricName, pred: Tensor, y: Tensor, mask: Tensor | None =
         return Aggregate(float(value), int(values.numel()), unit)
     if average == "user":
         if metric == "NDCG":
-            per_user = ndcg_at_k(pred, y, m, k=k)
+            per_user = ndcg_at_k(pred, y, m, k=k, gain=gain, ties=ties)
         else:
             per_user = (mae if metric == "MAE" else rmse)(pred, y, m)
         counted = m.sum(-1) >= max(min_items, 1)

@@ -411,3 +411,38 @@ def test_paper_table1_matches_baselines_notes():
         for metric, values in by_metric.items():
             ours = df[(df.method == method) & (df.metric == metric)].value.tolist()
             assert ours == values, (method, metric)
+
+
+# -- NDCG variants (how the paper may have computed it) ---------------------------------------------
+
+def test_ndcg_linear_gain_by_hand():
+    import math as _m
+
+    from mamo_lite.metrics import ndcg_at_k
+
+    y = torch.tensor([[5.0, 3.0, 1.0]])
+    pred = torch.tensor([[1.0, 2.0, 3.0]])  # ranks the items 1, 3, 5: the worst order
+    d = [1 / _m.log2(n + 1) for n in (1, 2, 3)]
+    lin = (1 * d[0] + 3 * d[1] + 5 * d[2]) / (5 * d[0] + 3 * d[1] + 1 * d[2])
+    exp = (1 * d[0] + 7 * d[1] + 31 * d[2]) / (31 * d[0] + 7 * d[1] + 1 * d[2])
+    assert float(ndcg_at_k(pred, y, k=3, gain="linear")) == pytest.approx(lin)
+    assert float(ndcg_at_k(pred, y, k=3)) == pytest.approx(exp)
+    assert lin > exp  # linear gains compress the differences between ratings
+
+
+def test_ndcg_ties_by_hand():
+    import math as _m
+
+    from mamo_lite.metrics import ndcg_at_k
+
+    y = torch.tensor([[1.0, 5.0, 3.0]])
+    const = torch.zeros(1, 3)  # a constant predictor: every item ties
+    d = [1 / _m.log2(n + 1) for n in (1, 2)]
+    ideal = 31 * d[0] + 7 * d[1]
+    assert float(ndcg_at_k(const, y, k=2, ties="optimistic")) == pytest.approx(1.0)
+    assert float(ndcg_at_k(const, y, k=2, ties="pessimistic")) == pytest.approx((1 * d[0] + 7 * d[1]) / ideal)
+    assert float(ndcg_at_k(const, y, k=2)) == pytest.approx((1 * d[0] + 31 * d[1]) / ideal)  # position order
+    pred = torch.tensor([[0.0, 2.0, 2.0]])  # ties only between items 2 and 3: broken by the true rating
+    assert float(ndcg_at_k(pred, y, k=2, ties="pessimistic")) == pytest.approx((7 * d[0] + 31 * d[1]) / ideal)
+    with pytest.raises(ValueError, match="ties"):
+        ndcg_at_k(pred, y, ties="random")
