@@ -106,9 +106,14 @@ ROWS: dict[str, Row] = {
 }
 
 
+_SPELLED = {"+": "plus", "λ": "lambda", "ρ": "rho", "τ": "tau", "²": "2"}
+
+
 def slug(label: str) -> str:
-    """A file-system name for a row label (``"MAMO (as coded)"`` → ``mamo-as-coded``)."""
-    out = "".join(c.lower() if c.isalnum() else "-" for c in label.replace("+", "plus"))
+    """An ASCII file name for a row label (``"MAMO (as coded)"`` → ``mamo-as-coded``, ``s²Meta`` → ``s2meta``)."""
+    for symbol, word in _SPELLED.items():
+        label = label.replace(symbol, word)
+    out = "".join(c.lower() if c.isascii() and c.isalnum() else "-" for c in label)
     return "-".join(p for p in out.split("-") if p)
 
 

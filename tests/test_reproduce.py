@@ -27,7 +27,9 @@ def test_within_user_spread_by_hand():
 
 def test_slugs_are_file_names():
     assert rp.slug("MAMO (as coded)") == "mamo-as-coded" and rp.slug("DNN + fine-tuning") == "dnn-plus-fine-tuning"
+    assert rp.slug("MetaCS-DNN (λ validated)") == "metacs-dnn-lambda-validated" and rp.slug("s²Meta") == "s2meta"
     assert len({rp.slug(r) for r in rp.ROWS}) == len(rp.ROWS)
+    assert all(rp.slug(r).isascii() for r in rp.ROWS)
 
 
 def test_the_global_median_is_the_median_training_rating():
