@@ -88,6 +88,17 @@ def _is_int(token: str) -> bool:
     return re.fullmatch(r"[-+]?\d+", token) is not None
 
 
+# How far replayed numbers moved in cells that passed within their tolerance: (cell id, max |Δ|, count).
+DRIFT: list[tuple[str, float, int]] = []
+
+
+def max_drift(old: str, new: str) -> tuple[float, int]:
+    """The largest |new − old| over the numbers of two texts that ``compare_text`` accepted, and how many moved."""
+    pairs = [(float(a), float(b)) for a, b in zip(split_numbers(old)[1], split_numbers(new)[1], strict=True)
+             if a != b]
+    return max((abs(b - a) for a, b in pairs), default=0.0), len(pairs)
+
+
 def compare_text(old: str, new: str, tol: Tolerance) -> list[str]:
     """Why ``new`` does not match ``old`` under ``tol`` (an empty list if it does)."""
     old_words, old_nums = split_numbers(old)
@@ -148,6 +159,9 @@ def _tolerant_compare(item, test: list, ref: list, tol: Tolerance) -> bool:
         for a, b in zip(old[key], new[key], strict=True):
             problems = compare_text(a, b, tol) if isinstance(a, str) and isinstance(b, str) else (
                 [] if a == b else ["outputs differ"])
+            if not problems and isinstance(a, str) and a != b:
+                drift, moved = max_drift(a, b)
+                DRIFT.append((item.nodeid, drift, moved))
             if problems:
                 item.comparison_traceback += [
                     f"{key}: outside the '{_name(tol)}' replay tolerance ({tol.describe()}):",
@@ -225,10 +239,10 @@ HOW_TO_GET = {
 
 def missing_datasets(names: list[str]) -> list[str]:
     """The datasets of ``names`` whose raw files are not on this machine (looked up, never downloaded)."""
-    from mamo_lite.data.registry import REGISTRY, _locate, data_root
+    from mamo_lite.data import available
+    from mamo_lite.data.registry import REGISTRY
 
-    root = data_root(None)
-    return [n for n in names if n in REGISTRY and any(_locate(root, f) is None for f in REGISTRY[n].files)]
+    return [n for n in names if n in REGISTRY and not available(n)]
 
 
 def notebook_datasets(path: Path) -> list[str]:
@@ -267,6 +281,15 @@ def pytest_collection_modifyitems(session, config, items) -> None:
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say how far trained numbers moved in the cells that passed within their tolerance."""
+    if DRIFT:
+        worst = max(DRIFT, key=lambda d: d[1])
+        terminalreporter.write_line(
+            f"mamo_lite replay: {len(DRIFT)} cell output(s) passed within tolerance with numbers that moved "
+            f"({sum(d[2] for d in DRIFT)} numbers); largest |Δ| {worst[1]:.3g} in {worst[0]}")
 
 
 def pytest_report_header(config) -> list[str]:

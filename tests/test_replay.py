@@ -43,6 +43,13 @@ def test_a_number_outside_the_tolerance_fails_with_the_reason():
     assert len(problems) == 1 and "0.812 → 0.900" in problems[0] and "atol" in problems[0]
 
 
+def test_drift_is_measured_for_the_summary():
+    from nbval_replay import max_drift
+
+    assert max_drift("a 0.812 b 3 c 1.5", "a 0.809 b 3 c 1.504") == (pytest.approx(0.004), 2)
+    assert max_drift("x 1", "x 1") == (0.0, 0)
+
+
 def test_integers_labels_and_nan_are_exact():
     assert compare_text("600 users", "601 users", TRAINED) == ["600 → 601: integers must match exactly"]
     assert compare_text("MAE 0.8", "RMSE 0.8", TRAINED)  # a changed label
@@ -94,7 +101,8 @@ TRAINED_CELL = {"mamo_lite": {"tolerance": "trained"}}
 
 def test_replay_accepts_a_trained_number_within_tolerance_and_rejects_one_outside(nb_dir):
     nb = _notebook(nb_dir / "ok.ipynb", [("print(f'MAE {0.8:.3f}')", "MAE 0.812\n", TRAINED_CELL)])
-    assert _replay(nb).returncode == 0
+    run = _replay(nb)
+    assert run.returncode == 0 and "passed within tolerance with numbers that moved" in run.stdout, run.stdout
     nb = _notebook(nb_dir / "far.ipynb", [("print(f'MAE {0.8:.3f}')", "MAE 0.900\n", TRAINED_CELL)])
     run = _replay(nb)
     assert run.returncode == 1 and "outside the 'trained' replay tolerance" in run.stdout, run.stdout
