@@ -335,3 +335,17 @@ def test_nmf_learns_on_movielens(movielens, one_thread):
     print(f"NMF: best epoch {fit.best_epoch}/{fit.epochs_run}, val MAE {fit.best_val['MAE']:.4f}, "
           f"test MAE {ours:.4f} vs global mean {constant:.4f}, {seconds:.1f} s")
     assert ours < constant - 0.05
+
+
+def test_plain_dnn_keeps_one_adam_across_epochs():
+    """The wrapper's epochs continue one optimiser, as train_plain(epochs=n) does (no restart of Adam)."""
+    spec = tiny_spec()
+    train = tiny_batch(spec, n_users=6, n_support=4, n_query=3, seed=0)
+    torch.manual_seed(0)
+    dnn = PlainDNN(spec, batch_size=8, config=RecommenderConfig(embed_dim=4, field_dim=2, tower_layers=1,
+                                                                decision_hidden=(4,)))
+    g = torch.Generator().manual_seed(0)
+    dnn.train_epoch(train, g)
+    dnn.train_epoch(train, g)
+    steps = {int(st["step"]) for st in dnn._optimizer.state.values()}
+    assert steps == {2 * -(-6 * 7 // 8)}  # 42 ratings in batches of 8: 6 steps per epoch, two epochs

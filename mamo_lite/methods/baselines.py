@@ -184,13 +184,14 @@ def rating_rows(batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor], Tensor]:
 
 def train_plain(model: EmbeddingRecommender, train_batch: TaskBatch, *, epochs: int, lr: float = 1e-3,
                 batch_size: int = 256, seed: int = 0, device: str | torch.device = "auto",
-                progress: bool | None = None) -> pd.DataFrame:
+                progress: bool | None = None, optimizer: torch.optim.Optimizer | None = None) -> pd.DataFrame:
     """Ordinary supervised training: Adam on the MSE of every training rating, one global model.
 
     Every real support *and* query rating of the training users is one example (there is no
     per-user adaptation, so there is nothing to hold out). Rows are reshuffled every epoch with a
     generator seeded by ``seed``. ``model`` is moved to ``device`` and trained in place; returns a
     tidy history (``epoch, split, metric, value``: the mean training loss and seconds per epoch).
+    ``optimizer`` continues a previous call's optimiser (default: a fresh Adam at ``lr``).
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
@@ -205,7 +206,7 @@ def train_plain(model: EmbeddingRecommender, train_batch: TaskBatch, *, epochs: 
     n = len(y)
     if n == 0:
         raise ValueError("train_plain needs at least one training rating")
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = optimizer if optimizer is not None else torch.optim.Adam(model.parameters(), lr=lr)
     head, rating_min = model.config.head, model.spec.rating_min
     rows = []
     n_batches = -(-n // batch_size)
@@ -564,10 +565,9 @@ class PlainDNN(nn.Module):
     """:func:`train_plain` and :func:`finetune_predict` behind the baseline interface (a thin wrapper).
 
     The network is ``EmbeddingRecommender(spec, config)`` (default: chapter 2's). Each epoch is one
-    call ``train_plain(..., epochs=1, seed=s)`` with ``s`` drawn from the fit's generator, so the
-    shuffles are seeded; because :func:`train_plain` makes its Adam optimiser per call, Adam's
-    moments restart every epoch — the one difference from ``train_plain(epochs=n)``, which
-    chapter 2 calls directly. ``predict`` is :func:`finetune_predict` with ``finetune_steps`` SGD
+    call ``train_plain(..., epochs=1, seed=s, optimizer=adam)`` with ``s`` drawn from the fit's
+    generator, so the shuffles are seeded, and one Adam optimiser whose moments carry over from epoch
+    to epoch, as in ``train_plain(epochs=n)``. ``predict`` is :func:`finetune_predict` with ``finetune_steps`` SGD
     steps of rate ``finetune_lr`` on each user's support set (0: the DNN; > 0: DNN + fine-tuning).
     """
 
@@ -577,12 +577,15 @@ class PlainDNN(nn.Module):
         self.model = EmbeddingRecommender(spec, config)
         self.lr, self.batch_size = lr, batch_size
         self.finetune_steps, self.finetune_lr = finetune_steps, finetune_lr
+        self._optimizer: torch.optim.Optimizer | None = None
 
     def train_epoch(self, train: TaskBatch, generator: torch.Generator) -> float:
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
         dev = next(self.model.parameters()).device
+        if self._optimizer is None:  # made once, after the model is on its device
+            self._optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr)
         h = train_plain(self.model, train, epochs=1, lr=self.lr, batch_size=self.batch_size, seed=seed,
-                        device=dev, progress=False)
+                        device=dev, progress=False, optimizer=self._optimizer)
         return float(h.loc[h["metric"] == "loss", "value"].iloc[0])
 
     def predict(self, batch: TaskBatch) -> Tensor:
