@@ -55,12 +55,13 @@ where data comes from:
 """
 
 REPRODUCE_HELP = """\
-rows: global median, global mean, item mean, user support mean (constants), MeLU, MetaCS-DNN,
-  MetaCS-DNN (λ validated), MAML, MAMO, MAMO (as coded). Each cell is
+rows: global median, global mean, item mean, user support mean (constants), DNN, DNN + fine-tuning,
+  NMF, RUM (item), RUM (feature), MeLU, MetaCS-DNN, MetaCS-DNN (λ validated), MAML, MAMO,
+  MAMO (as coded). Each cell is
   results/table1/<dataset>/<row>/seed<k>.json with its tidy metric rows, the run's facts (selected
   epoch, epochs run, divergence) and its provenance (commit, device, versions, data checksums,
-  budget). A cell whose inputs changed is recomputed. Rows with a grid (MAML's ρ, MetaCS-DNN's λ)
-  first choose their values on seed 0's validation users: <dataset>/<row>/grid.json.
+  budget). A cell whose inputs changed is recomputed. Rows with a grid (MAML's ρ, MetaCS-DNN's λ,
+  RUM's A.2.2 grid) first choose their values on seed 0's validation users: <dataset>/<row>/grid.json.
 """
 
 RESUME_HELP = """\
@@ -491,7 +492,7 @@ def _print_table(title: str, metrics: pd.DataFrame) -> None:
     table = scenario_table(metrics)
     print(title)
     print(table.to_string(float_format=lambda v: f"{v:.4f}", na_rep="—"))
-    empty = table.index[table["n"] == 0].tolist()
+    empty = table.index[table["ratings"] == 0].tolist()
     if empty:
         print(f"no test ratings in {', '.join(empty)} (n = 0): {'its' if len(empty) == 1 else 'their'} "
               "metrics are undefined (—), not zero")

@@ -14,9 +14,10 @@ recomputed unless its *key* (row, budget, data identity, configuration) changed;
 atomically, so an interrupted run restarts cleanly where it stopped. :func:`table1` gathers the cells
 into ``results/table1/table1.csv`` and a provenance file ``table1.json``.
 
-Rows (:data:`ROWS`): the trivial baselines (global median, global mean, item mean, user support mean)
-and the meta-learners of :mod:`mamo_lite.methods` (MeLU, MetaCS-DNN, MAML, MAMO and MAMO as its
-authors' code runs it). Every cell also records the
+Rows (:data:`ROWS`): the trivial baselines (global median, global mean, item mean, user support mean),
+the trained non-meta baselines of :mod:`mamo_lite.methods.baselines` and :mod:`mamo_lite.methods.rum`
+(the plain DNN with and without fine-tuning, NMF, item- and feature-level RUM) and the meta-learners of
+:mod:`mamo_lite.methods` (MeLU, MetaCS-DNN, MAML, MAMO and MAMO as its authors' code runs it). Every cell also records the
 *within-user spread* of its predictions (metric ``spread``: the standard deviation of a user's query
 predictions, averaged over users), so a model that collapsed to one rating per user is visible at once
 (its NDCG@3 then measures nothing).
@@ -78,11 +79,13 @@ BUDGETS: dict[str, Budget] = {
 class Row:
     """One row of the table: ``kind`` says how it is computed, ``method``/``overrides`` what exactly."""
 
-    kind: str  # "constant" or "meta"
+    kind: str  # "constant", "plain" (a trained non-meta baseline) or "meta"
     method: str
     overrides: dict[str, Any] = field(default_factory=dict)
     note: str = ""
     grid: dict[str, tuple] = field(default_factory=dict)  # hyper-parameters chosen on validation users
+    search: str = ""  # a staged search of mamo_lite.methods.baselines.select_hyperparameters ("rum")
+    epochs: tuple[int, int] | None = None  # (max_epochs, patience) instead of the budget's (cheap epochs)
 
 
 # MAMO as its authors' code runs it (../shared/notes/reference-code.md §1.10-1.12, book/errata.md): the
@@ -96,6 +99,13 @@ ROWS: dict[str, Row] = {
     "global mean": Row("constant", "global-mean"),
     "item mean": Row("constant", "item-mean"),
     "user support mean": Row("constant", "user-mean"),
+    "DNN": Row("plain", "dnn", note="the recommender trained on every training rating (chapter 2)"),
+    "DNN + fine-tuning": Row("plain", "dnn", {"finetune_steps": 5, "finetune_lr": 0.01},
+                             note="5 SGD steps on each test user's support set"),
+    "NMF": Row("plain", "nmf", {"dim": 10, "fold_in_steps": 10}, epochs=(150, 10),
+               note="non-negative MF through profile fields, the user folded in on its support set"),
+    "RUM (item)": Row("plain", "rum", {"variant": "item"}, search="rum", note="A.2.2 grid on validation users"),
+    "RUM (feature)": Row("plain", "rum", {"variant": "feature"}, search="rum", note="A.2.2 grid on validation users"),
     "MeLU": Row("meta", "melu", note="MeLU's published code defaults, as MAMO's Table 1 used them"),
     "MetaCS-DNN": Row("meta", "metacs-dnn", note="SGD 0.4 as MAMO's appendix A.2.2 gives (diverges on MovieLens)"),
     "MetaCS-DNN (λ validated)": Row("meta", "metacs-dnn", grid={"global_lr": (0.4, 0.05, 0.01)},
@@ -150,6 +160,32 @@ def _constant(method: str, train: TaskBatch, test: TaskBatch) -> torch.Tensor:
     raise ValueError(f"unknown constant predictor {method!r}")
 
 
+def _epochs(row: Row, budget: Budget) -> tuple[int, int]:
+    return row.epochs if row.epochs is not None else (budget.max_epochs, budget.patience)
+
+
+def _baseline_class(method: str):
+    from mamo_lite.methods import baselines, rum
+
+    return {"dnn": baselines.PlainDNN, "nmf": baselines.NMF, "rum": rum.RUM}[method]
+
+
+def _plain(row: Row, data, train: TaskBatch, test: TaskBatch, seed: int, budget: Budget, device) -> tuple:
+    """A trained non-meta baseline (:func:`mamo_lite.methods.baselines.fit_baseline`): epochs on validation users."""
+    from mamo_lite.methods.baselines import fit_baseline
+
+    val = subset_users(data.tasks("val"), budget.max_val_users, seed)
+    max_epochs, patience = _epochs(row, budget)
+    f = fit_baseline(_baseline_class(row.method), train, val, spec=data.spec, seed=seed, max_epochs=max_epochs,
+                     patience=patience, device=device, progress=False, **row.overrides)
+    info = {"best_epoch": f.best_epoch, "epochs_run": f.epochs_run, "diverged": f.diverged, "val": f.best_val,
+            "history": f.history.query("metric != 'seconds'").to_dict(orient="records")}
+    if f.best_epoch == 0:
+        return None, info
+    dev = resolve_device(device)
+    return f.predict(test.to(dev)).cpu(), info
+
+
 def _meta(row: Row, dataset: str, data, seed: int, budget: Budget, device) -> tuple:
     seed_everything(seed)
     learner = build_learner(row.method, data.spec, dataset, overrides=row.overrides)
@@ -170,6 +206,22 @@ def _meta(row: Row, dataset: str, data, seed: int, budget: Budget, device) -> tu
     return pred, info
 
 
+def _search(row: Row, data, budget: Budget, device) -> tuple[dict[str, Any], list[dict]]:
+    """The staged grid search of a trained baseline (RUM: A.2.2's grid), on seed 0's validation users."""
+    from mamo_lite.methods import rum
+    from mamo_lite.methods.baselines import select_hyperparameters
+
+    if row.search != "rum":
+        raise ValueError(f"unknown search {row.search!r}")
+    train = subset_users(data.tasks("train"), budget.max_train_users, 0)
+    val = subset_users(data.tasks("val"), budget.max_val_users, 0)
+    max_epochs, patience = _epochs(row, budget)
+    chosen, table = select_hyperparameters(rum.RUM, rum.RUM_SEARCH, train, val, spec=data.spec, start=rum.DEFAULTS,
+                                           seed=0, max_epochs=max_epochs, patience=patience, device=device,
+                                           **row.overrides)
+    return dict(chosen), table.to_dict(orient="records")
+
+
 def run_cell(label: str, dataset: str, seed: int, budget: Budget | str = "book", *, data=None,
              device: str | torch.device = "cpu", chosen: dict[str, Any] | None = None) -> dict:
     """Compute one cell: ``{"rows": tidy metric rows, "info": what the run did}`` (see the module doc).
@@ -179,10 +231,10 @@ def run_cell(label: str, dataset: str, seed: int, budget: Budget | str = "book",
     from mamo_lite.data import load
 
     row = ROWS[label]
-    if row.grid and chosen is None:
+    if (row.grid or row.search) and chosen is None:
         raise ValueError(f"row {label!r} has a grid: pass the validated values (chosen=, see tune())")
     if chosen:
-        row = Row(row.kind, row.method, {**row.overrides, **chosen}, row.note)
+        row = Row(row.kind, row.method, {**row.overrides, **chosen}, row.note, epochs=row.epochs)
     budget = BUDGETS[budget] if isinstance(budget, str) else budget
     data = data if data is not None else load(dataset, seed=seed)
     train = subset_users(data.tasks("train"), budget.max_train_users, seed)
@@ -192,6 +244,8 @@ def run_cell(label: str, dataset: str, seed: int, budget: Budget | str = "book",
     try:
         if row.kind == "constant":
             pred = _constant(row.method, train, test)
+        elif row.kind == "plain":
+            pred, info = _plain(row, data, train, test, seed, budget, device)
         elif row.kind == "meta":
             pred, info = _meta(row, dataset, data, seed, budget, device)
         else:
@@ -223,6 +277,8 @@ def tune(label: str, dataset: str, budget: Budget | str, data, *, device: str | 
 
     row = ROWS[label]
     budget = BUDGETS[budget] if isinstance(budget, str) else budget
+    if row.search:
+        return _search(row, data, budget, device)
     names = list(row.grid)
     table = []
     for values in itertools.product(*(row.grid[n] for n in names)):
@@ -320,7 +376,7 @@ def table1(datasets: Iterable[str] = ("movielens-1m", "book-crossing"), rows: It
                 cache = {(dataset, seed): loader(dataset, seed=seed)}  # one dataset split in memory at a time
             data = cache[(dataset, seed)]
             chosen = None
-            if ROWS[label].grid:
+            if ROWS[label].grid or ROWS[label].search:
                 chosen = _tuned(label, dataset, budget, out, loader, dev)
             key = cell_key(label, dataset, seed, budget, data, chosen)
             path = out / dataset / slug(label) / f"seed{seed}.json"

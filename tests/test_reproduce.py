@@ -111,3 +111,13 @@ def test_cli_reproduce(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     assert main(["reproduce", "table1", "--rows", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown row(s) ['nope']" in capsys.readouterr().err
+
+
+def test_trained_baseline_rows_choose_epochs_on_validation_users():
+    data = load("synthetic", seed=0)
+    for label in ("DNN + fine-tuning", "NMF"):
+        cell = rp.run_cell(label, "synthetic", 0, "smoke", data=data)
+        assert cell["info"]["best_epoch"] >= 1 and not cell["info"]["diverged"], label
+        assert {r["metric"] for r in cell["rows"]} == {"MAE", "RMSE", "NDCG@3", "spread"}
+    with pytest.raises(ValueError, match="has a grid"):
+        rp.run_cell("RUM (item)", "synthetic", 0, "smoke", data=data)  # its A.2.2 search comes first
