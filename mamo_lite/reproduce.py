@@ -283,13 +283,15 @@ def tune(label: str, dataset: str, budget: Budget | str, data, *, device: str | 
     table = []
     for values in itertools.product(*(row.grid[n] for n in names)):
         point = dict(zip(names, values, strict=True))
+        started = time.perf_counter()
         seed_everything(0)
         learner = build_learner(row.method, data.spec, dataset, overrides={**row.overrides, **point})
         result = fit(learner, data, epochs=budget.max_epochs, seed=0, device=device, patience=budget.patience,
                      max_train_users=budget.max_train_users, max_val_users=budget.max_val_users,
                      eval_chunk=budget.eval_chunk, progress=False)
         table.append({**point, "val_MAE": result.best_val.get("MAE") if result.best_epoch else None,
-                      "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "diverged": result.diverged})
+                      "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "diverged": result.diverged,
+                      "seconds": time.perf_counter() - started})
     healthy = [t for t in table if t["val_MAE"] is not None and math.isfinite(t["val_MAE"])]
     if not healthy:
         raise RuntimeError(f"every grid point of {label!r} on {dataset} diverged: {table}")
