@@ -6,4 +6,14 @@ from mamo_lite.runtime import THREAD_ENV, apply_env
 # stalls of spinning worker threads on 2-vCPU machines (see mamo_lite.runtime). A value the user set wins.
 apply_env(THREAD_ENV)
 
-__version__ = "0.1.0"
+def _version() -> str:
+    """The installed distribution's version: pyproject.toml's, the one place it is written."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mamo-lite")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()
