@@ -5,11 +5,20 @@ with the :class:`~mamo_lite.data.tasks.TaskBatch` they belong to, and never impo
 training engine. Everything downstream (tables, plots, the comparison with the paper) reads one tidy
 format, one row per number (STYLE lesson 4):
 
-    method, dataset, scenario, metric, seed, value, n
+    method, dataset, scenario, metric, seed, value, n, ratings, users
 
 ``scenario`` is one of ``W-W, W-C, C-W, C-C`` (:data:`~mamo_lite.data.tasks.SCENARIOS`) or ``all``;
-``metric`` is ``MAE``, ``RMSE`` or ``NDCG@k``; ``n`` counts what the value averages (ratings, users
-or clips, see :func:`mamo_lite.metrics.aggregate`).
+``metric`` is ``MAE``, ``RMSE`` or ``NDCG@k``. Three counts say what a value rests on:
+
+* ``n``: how many things the value averages, whose unit depends on the row: ratings for the pooled
+  per-scenario MAE/RMSE, NDCG clips for the per-scenario NDCG, users for the ``all`` rows (Eqs.
+  13–14 average per user), see :func:`mamo_lite.metrics.aggregate`;
+* ``ratings``: the query ratings of the scenario (for ``all``: every query rating), the same in
+  every metric's row;
+* ``users``: the users with at least one of those ratings.
+
+Tables meant for reading (:func:`scenario_table`, the command line) show ``ratings`` and ``users``,
+whose meaning does not change from row to row.
 
 Predictions are **clipped** to the rating scale before any metric (a regression head may overshoot
 1–5), and **not rounded**.
@@ -27,7 +36,7 @@ from torch import Tensor
 from mamo_lite.data.tasks import SCENARIOS, FeatureSpec, TaskBatch
 from mamo_lite.metrics import aggregate, mae, ndcg_at_k, rmse
 
-COLUMNS: tuple[str, ...] = ("method", "dataset", "scenario", "metric", "seed", "value", "n")
+COLUMNS: tuple[str, ...] = ("method", "dataset", "scenario", "metric", "seed", "value", "n", "ratings", "users")
 """Columns of every tidy metrics table, in order (extra columns follow)."""
 
 ALL = "all"
@@ -39,7 +48,7 @@ RatingRange = tuple[float, float] | FeatureSpec | None
 def clip_predictions(pred: Tensor, rating_range: RatingRange) -> Tensor:
     """Clamp ``pred`` to ``[rating_min, rating_max]`` (no rounding); ``None`` leaves it unchanged.
 
-    ``rating_range`` is a ``(min, max)`` pair or a :class:`FeatureSpec` (its ``rating_min/max``).
+    ``rating_range`` is a ``(min, max)`` pair or a :class:`~mamo_lite.data.tasks.FeatureSpec` (its ``rating_min/max``).
     """
     if rating_range is None:
         return pred
@@ -84,7 +93,7 @@ def scenario_metrics(pred: Tensor, batch: TaskBatch, *, method: str, dataset: st
               they have ≥ 1 rating in it, for NDCG when they have ≥ ``ndcg_min_items`` (default 2:
               a single item scores 1 whatever the model predicts). ``all`` is Eqs. 13–14.
             * ``"rating"``: pooled ratings / clips everywhere, ``all`` included.
-        extra: more constant columns (e.g. ``{"preset": "small"}``), appended after ``n``.
+        extra: more constant columns (e.g. ``{"preset": "small"}``), appended after ``users``.
 
     Returns:
         Columns :data:`COLUMNS` (+ ``extra``): one row per (scenario, metric); scenarios in the
@@ -106,6 +115,7 @@ def scenario_metrics(pred: Tensor, batch: TaskBatch, *, method: str, dataset: st
     for name, sel in groups:
         if not bool(sel.any()):
             continue
+        ratings, users = int(sel.sum()), int(sel.any(-1).sum())
         if average == "paper":
             how = "user" if name == ALL else "rating"
         else:
@@ -117,9 +127,10 @@ def scenario_metrics(pred: Tensor, batch: TaskBatch, *, method: str, dataset: st
                 continue
             label = f"NDCG@{k}" if metric == "NDCG" else metric
             rows.append({"method": method, "dataset": dataset, "scenario": name, "metric": label,
-                         "seed": seed, "value": agg.value, "n": agg.n, **extra})
+                         "seed": seed, "value": agg.value, "n": agg.n, "ratings": ratings,
+                         "users": users, **extra})
     df = pd.DataFrame(rows, columns=[*COLUMNS, *extra])
-    return df.astype({"value": "float64", "n": "int64"})
+    return df.astype({"value": "float64", "n": "int64", "ratings": "int64", "users": "int64"})
 
 
 def per_user_metrics(pred: Tensor, batch: TaskBatch, *, rating_range: RatingRange,
@@ -143,19 +154,27 @@ def per_user_metrics(pred: Tensor, batch: TaskBatch, *, rating_range: RatingRang
 
 def scenario_table(metrics: pd.DataFrame) -> pd.DataFrame:
     """One run's tidy metrics as a wide table: a row per scenario (W-W, W-C, C-W, C-C, all), a column
-    per metric (MAE, RMSE, NDCG@k) and ``n`` (the MAE's count).
+    per metric (MAE, RMSE, NDCG@k), then ``ratings`` (the query ratings scored in that row) and
+    ``users`` (the users they belong to). Both counts mean the same in every row, ``all`` included.
 
     Every scenario gets a row: one with no ratings among the evaluated users (absent from the tidy
-    table) shows ``n = 0`` and NaN metrics, so it can be told apart from a scenario that was dropped.
+    table) shows ``ratings = 0`` and NaN metrics, so it can be told apart from a scenario that was
+    dropped.
+
+    Why the ``all`` NDCG can lie below every scenario's: the ``all`` row ranks each user's whole query
+    set (5 items) at cut-off 3 (Eqs. 14–15), a scenario row ranks only that scenario's items of a user
+    (appendix A.2.3), usually 2 or 3 of them, and NDCG@3 over 3 items or fewer is high even for a
+    poor ranking. The two are different measurements, not an average and its parts.
     """
     one = metrics[["scenario", "metric", "value"]].drop_duplicates(["scenario", "metric"])
     wide = one.pivot(index="scenario", columns="metric", values="value")
     metric_cols = [c for c in ("MAE", "RMSE") if c in wide.columns] + sorted(c for c in wide.columns
                                                                            if c.startswith("NDCG"))
     order = [*SCENARIOS, ALL]
-    n = metrics[metrics["metric"] == "MAE"].drop_duplicates("scenario").set_index("scenario")["n"]
+    counts = metrics.drop_duplicates("scenario").set_index("scenario")[["ratings", "users"]]
     table = wide.reindex(index=order, columns=metric_cols)
-    table["n"] = n.reindex(order).fillna(0).astype("int64")
+    for col in ("ratings", "users"):
+        table[col] = counts[col].reindex(order).fillna(0).astype("int64")
     table.index.name = "scenario"
     return table
 
@@ -246,7 +265,7 @@ def paper_table1() -> pd.DataFrame:
     """MAMO's Table 1 (Dong et al., KDD 2020) in the tidy format: 6 methods × 2 datasets × 4 scenarios
     × {MAE, NDCG@3} = 96 rows, values exactly as printed.
 
-    ``seed`` and ``n`` are missing (``<NA>``, nullable ``Int64``): the paper reports one number per
+    ``seed``, ``n``, ``ratings`` and ``users`` are missing (``<NA>``, nullable ``Int64``): the paper reports one number per
     cell with no seeds or counts. Concatenate with :func:`scenario_metrics` output and pass both to
     :func:`summarise` to put our numbers next to the paper's. The paper's method "s2 Meta" is
     labelled ``s2Meta`` here.
@@ -257,6 +276,6 @@ def paper_table1() -> pd.DataFrame:
             for j, value in enumerate(values):
                 rows.append({"method": method, "dataset": PAPER_DATASETS[j // 4],
                              "scenario": SCENARIOS[j % 4], "metric": metric, "seed": pd.NA,
-                             "value": value, "n": pd.NA})
-    return pd.DataFrame(rows, columns=list(COLUMNS)).astype({"seed": "Int64", "n": "Int64",
-                                                            "value": "float64"})
+                             "value": value, "n": pd.NA, "ratings": pd.NA, "users": pd.NA})
+    return pd.DataFrame(rows, columns=list(COLUMNS)).astype({"seed": "Int64", "n": "Int64", "ratings": "Int64",
+                                                            "users": "Int64", "value": "float64"})

@@ -323,7 +323,7 @@ def test_a_scenario_without_ratings_is_shown_with_n_0(capsys):
     _print_table("test users (4):", metrics)
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split() for line in out.splitlines()[2:] if line.strip()}
-    assert rows["C-C"][1:] == ["—", "—", "—", "0"]
+    assert rows["C-C"][1:] == ["—", "—", "—", "0", "0"]  # ratings, users
     assert "no test ratings in C-C (n = 0)" in out
     assert [r for r in rows if r in ("W-W", "W-C", "C-W", "C-C", "all")] == ["W-W", "W-C", "C-W", "C-C", "all"]
 
