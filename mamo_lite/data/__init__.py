@@ -12,4 +12,15 @@ from .dataset import ColdStartData, load
 from .protocol import Protocol
 from .tasks import SCENARIOS, FeatureSpec, Field, TaskBatch
 
-__all__ = ["SCENARIOS", "ColdStartData", "FeatureSpec", "Field", "Protocol", "TaskBatch", "load"]
+
+def available(name: str, data_dir=None) -> bool:
+    """Whether dataset ``name``'s raw files are on this machine (looked up, never downloaded).
+
+    See :func:`mamo_lite.data.registry.available`; imported on first use like the rest of the registry.
+    """
+    from .registry import available as _available
+
+    return _available(name, data_dir)
+
+
+__all__ = ["SCENARIOS", "ColdStartData", "FeatureSpec", "Field", "Protocol", "TaskBatch", "available", "load"]

@@ -60,6 +60,7 @@ __all__ = [
     "Identity",
     "RawFiles",
     "Source",
+    "available",
     "cache_dir",
     "data_root",
     "ensure_files",
@@ -362,6 +363,19 @@ def _locate(root: Path, spec: FileSpec) -> Path | None:
         if member is not None:
             return root / source.relpath / member
     return None
+
+
+def available(name: str, data_dir: str | Path | None = None) -> bool:
+    """Whether the raw files of dataset ``name`` are on this machine, in the data root of :func:`data_root`.
+
+    Only looks: nothing is downloaded, parsed or verified, so it is instant. ``"synthetic"`` (generated)
+    is always available; MovieLens that is absent can still be downloaded by :func:`ensure_files`, while
+    Book-Crossing cannot (chapters use this to skip their Book-Crossing sections when it is missing).
+    """
+    if name == "synthetic":
+        return True
+    root = data_root(data_dir)
+    return all(_locate(root, f) is not None for f in _spec(name).files)
 
 
 def _use_unverified(name: str) -> str:
