@@ -250,7 +250,21 @@ def notebook_datasets(path: Path) -> list[str]:
     return list(meta.get("mamo_lite", {}).get("datasets", []))
 
 
+def _skip_gpu_tests_without_cuda(items) -> None:
+    """Tests marked ``gpu`` need a CUDA GPU: elsewhere they are skipped with one reason."""
+    marked = [item for item in items if item.get_closest_marker("gpu")]
+    if not marked:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason=f"no CUDA GPU (torch {torch.__version__}): the gpu-marked tests need one")
+        for item in marked:
+            item.add_marker(skip)
+
+
 def pytest_collection_modifyitems(session, config, items) -> None:
+    _skip_gpu_tests_without_cuda(items)
     try:
         from nbval.plugin import IPyNbCell
     except ImportError:  # pragma: no cover
