@@ -324,10 +324,27 @@ def _data_identity(data) -> dict[str, Any]:
     return {"name": data.name, "release": data.release, "files": files}
 
 
+def _row_identity(row: Row) -> dict[str, Any]:
+    """What of a row changes its numbers (its ``note`` does not)."""
+    ident = {"kind": row.kind, "method": row.method, "overrides": row.overrides, "grid": row.grid}
+    if row.search:
+        ident["search"] = row.search
+    return ident
+
+
+def _budget_identity(row: Row, budget: Budget) -> dict[str, Any]:
+    """The budget as it applies to ``row`` (its own epochs, where it has them)."""
+    ident = {k: v for k, v in asdict(budget).items() if k != "per_row_epochs"}
+    if row.epochs is not None:
+        ident["max_epochs"], ident["patience"] = _epochs(row, budget)
+    return ident
+
+
 def cell_key(label: str, dataset: str, seed: int, budget: Budget, data, chosen: dict | None = None) -> str:
     """What a cell's numbers depend on, hashed: a finished cell with the same key is not recomputed."""
     row = ROWS[label]
-    blob = json.dumps(json_safe({"row": asdict(row), "dataset": dataset, "seed": seed, "budget": asdict(budget),
+    blob = json.dumps(json_safe({"row": _row_identity(row), "dataset": dataset, "seed": seed,
+                                 "budget": _budget_identity(row, budget),
                                  "data": _data_identity(data), "chosen": chosen or {}, "format": 2}),
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -338,7 +355,7 @@ def _tuned(label: str, dataset: str, budget: Budget, out: Path, loader, device) 
     row = ROWS[label]
     path = out / dataset / slug(label) / "grid.json"
     data = loader(dataset, seed=0)
-    key = hashlib.sha256(json.dumps(json_safe({"row": asdict(row), "budget": asdict(budget),
+    key = hashlib.sha256(json.dumps(json_safe({"row": _row_identity(row), "budget": _budget_identity(row, budget),
                                                "data": _data_identity(data)}), sort_keys=True).encode()).hexdigest()[:16]
     if path.is_file():
         try:

@@ -69,6 +69,11 @@ def test_cells_are_written_read_back_and_recomputed_only_when_their_inputs_chang
     assert calls == [("MAML", "synthetic", 1)]
 
     calls.clear()
+    old = rp.ROWS["user support mean"]
+    monkeypatch.setitem(rp.ROWS, "user support mean", rp.Row(old.kind, old.method, old.overrides, note="reworded"))
+    rp.table1(["synthetic"], ROWS, [0], "smoke", out=tmp_path, show_progress=False)
+    assert calls == []  # a row's note is documentation: its cells stay valid
+
     monkeypatch.setitem(rp.ROWS, "MAML", rp.Row("meta", "maml", {"local_lr": 2e-3}))  # the row changed
     rp.table1(["synthetic"], ROWS, [0], "smoke", out=tmp_path, show_progress=False)
     assert calls == [("MAML", "synthetic", 0)]
