@@ -6,6 +6,15 @@ figure when ``ax`` is not given), then returns that ``Axes``. In a notebook, ass
 does not work under nbval, which runs cells with ``store_history=False`` so IPython never sees the
 semicolon. Call :func:`set_style` once, in a chapter's first cell.
 
+**Sized for the page** (STYLE lesson 15). The book shows a figure's PNG at one image pixel per CSS
+pixel when it fits the text column, and shrinks it (fonts included) when it does not. So every
+figure is :data:`COLUMN_WIDTH` inches wide at :data:`DPI` dots per inch, which is the text column of
+the rendered book (:data:`COLUMN_PX` CSS pixels in a 1280-pixel-wide browser window, measured by
+``tests/test_browser.py``), and fonts of 10 pt or more stay 10 pt or more on the screen.
+:func:`set_style` turns on Matplotlib's constrained layout, which keeps legends and colour bars
+inside that width; use :func:`figsize` for the height (and several rows, not several columns, of
+panels).
+
 * :func:`scenario_bars`: per-scenario bars with error bars over seeds, from an evaluation table with
   columns ``(method, dataset, scenario, metric, seed, value)``.
 * :func:`learning_curves`: metrics against epochs or steps, mean ± sd band over seeds.
@@ -34,11 +43,15 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 __all__ = [
+    "COLUMN_PX",
+    "COLUMN_WIDTH",
+    "DPI",
     "METHOD_COLORS",
     "PALETTE",
     "SCENARIO_COLORS",
     "adaptation_curves",
     "attention_heatmap",
+    "figsize",
     "learning_curves",
     "method_colors",
     "scenario_bars",
@@ -79,6 +92,20 @@ METHOD_COLORS: dict[str, str] = {
 """Fixed colours for the book's methods, looked up ignoring case, spaces, ``-`` and ``_`` (so the CLI's
 ``metacs-dnn`` and the paper's ``MetaCS-DNN`` match); other names get the unused palette colours."""
 
+COLUMN_PX = 688
+"""Width of the book's text column in CSS pixels (sphinx-book-theme in a 1280-pixel-wide window)."""
+DPI = 100
+"""Dots per inch of the inline figures: one PNG pixel per CSS pixel."""
+COLUMN_WIDTH = 6.8
+"""Figure width in inches: :data:`COLUMN_PX` / :data:`DPI`, less a little for the saved figure's padding."""
+MIN_FONT_PT = 10
+
+
+def figsize(height: float = 4.0) -> tuple[float, float]:
+    """``(width, height)`` in inches of a figure as wide as the text column and ``height`` inches tall."""
+    return (COLUMN_WIDTH, float(height))
+
+
 _FONT_SIZES = {
     "font.size": 11,
     "axes.titlesize": 12,
@@ -91,16 +118,19 @@ _FONT_SIZES = {
 
 
 def set_style(context: Literal["paper", "notebook", "talk"] = "notebook") -> None:
-    """Apply the house style: seaborn's white grid, the Okabe–Ito cycle, fixed font sizes.
+    """Apply the house style: seaborn's white grid, the Okabe–Ito cycle, fixed font sizes, figures
+    :data:`COLUMN_WIDTH` × 4 inches at :data:`DPI` with constrained layout.
 
-    ``context`` scales everything (``"talk"`` for slides). The default figure is 6.4 × 4 inches.
+    ``context`` scales the fonts (``"talk"`` for slides), never below 10 pt.
     """
     import seaborn as sns
 
     scale = {"paper": 0.9, "notebook": 1.0, "talk": 1.3}[context]
-    rc: dict[str, Any] = {k: v * scale for k, v in _FONT_SIZES.items()}
+    rc: dict[str, Any] = {k: max(MIN_FONT_PT, v * scale) for k, v in _FONT_SIZES.items()}
     rc |= {
-        "figure.figsize": (6.4, 4.0),
+        "figure.figsize": figsize(4.0),
+        "figure.dpi": DPI,
+        "figure.constrained_layout.use": True,
         "axes.spines.top": False,
         "axes.spines.right": False,
         "legend.frameon": False,
@@ -199,7 +229,7 @@ def scenario_bars(
     inner_name = "method" if group == "scenario" else "scenario"
     colors = _colors(inner_name, inner)
 
-    ax = _new_axes(ax, figsize=(max(6.4, 1.0 + 0.35 * len(outer) * len(inner)), 4.0))
+    ax = _new_axes(ax, figsize=figsize(4.0))
     width = 0.8 / len(inner)
     x = np.arange(len(outer))
     for j, name in enumerate(inner):
@@ -284,11 +314,12 @@ def attention_heatmap(
     slot_labels: Sequence[str] | None = None,
     title: str | None = "Attention over memory slots",
 ) -> Axes:
-    """Heatmap of the memory attention ``a_u`` (MAMO Eq. 3): one row per user, one column per slot.
+    """Heatmap of the memory attention ``a_u`` (MAMO Eq. 3): one column per user, one row per slot.
 
-    ``attn`` is ``[n_users, K]`` (a tensor or an array; each row sums to 1). With ``sort`` the rows
-    are grouped by their dominant slot, most confident first, so clusters of users show as blocks;
-    ``max_users`` keeps the first rows (before sorting) so the picture stays readable.
+    ``attn`` is ``[n_users, K]`` (a tensor or an array; each row sums to 1). Users run along the
+    column's width and the ``K`` slots down it, so the picture fills the text column whatever ``K``.
+    With ``sort`` the users are grouped by their dominant slot, most confident first, so clusters of
+    users show as blocks; ``max_users`` keeps the first users (before sorting).
     """
     a = _to_numpy(attn)
     if a.ndim != 2:
@@ -298,14 +329,14 @@ def attention_heatmap(
     if sort:
         a = a[np.lexsort((-a.max(axis=1), a.argmax(axis=1)))]
     n, k = a.shape
-    ax = _new_axes(ax, figsize=(max(3.2, 0.9 * k + 2.0), min(8.0, 2.0 + 0.08 * n)))
-    im = ax.imshow(a, aspect="auto", interpolation="nearest", vmin=0.0, vmax=1.0, cmap="viridis")
-    ax.set_xticks(range(k), slot_labels if slot_labels is not None else [f"{j + 1}" for j in range(k)])
-    ax.set_yticks([])
-    ax.set_xlabel("memory slot k")
-    ax.set_ylabel(f"{n} users" + (", grouped by dominant slot" if sort else ""))
+    ax = _new_axes(ax, figsize=figsize(1.4 + 0.45 * k))
+    im = ax.imshow(a.T, aspect="auto", interpolation="nearest", vmin=0.0, vmax=1.0, cmap="viridis")
+    ax.set_yticks(range(k), slot_labels if slot_labels is not None else [f"{j + 1}" for j in range(k)])
+    ax.set_xticks([])
+    ax.set_ylabel("slot k")
+    ax.set_xlabel(f"{n} users" + (", grouped by dominant slot" if sort else ""))
     ax.grid(False)
-    ax.figure.colorbar(im, ax=ax, label="attention $a_{u,k}$")
+    ax.figure.colorbar(im, ax=ax, label="$a_{u,k}$", aspect=8, pad=0.02)
     if title is not None:
         ax.set_title(title)
     return ax
