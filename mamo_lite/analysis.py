@@ -160,7 +160,7 @@ class MemoryTracker:
     its norm and its relative Frobenius change since the previous epoch (:func:`memory_change`),
     and, with ``batch``, the attention statistics of :func:`memory_snapshot`. ``history`` is tidy:
     ``epoch, memory, metric, value`` (``memory`` is ``M_P``, ``M_U`` or ``M_{U,I}``; the attention
-    rows belong to ``M_P``, which the attention reads). Note that :func:`fit` restores the best
+    rows belong to ``M_P``, which the attention reads). Note that :func:`~mamo_lite.train.fit` restores the best
     validation epoch at the end; the history shows every epoch as it was trained.
 
         >>> tracker = MemoryTracker(learner, batch=data.tasks("val"))

@@ -2,18 +2,18 @@
 
 A checkpoint is one ``torch.save`` file (written atomically) holding a plain dictionary:
 
-==================  =============================================================================
-key                 content
-==================  =============================================================================
-``format``          ``"mamo-lite-checkpoint"`` and ``format_version`` (checked on load)
-``method``          ``"maml"``, ``"melu"``, ``"metacs-dnn"`` or ``"mamo"``; ``dataset``: its name
-``configs``         ``RecommenderConfig``, ``MetaConfig`` and ``MAMOConfig`` as dictionaries
-``spec``            the ``FeatureSpec`` (vocabulary sizes, rating scale) the network was built for
-``state_dict``      parameters and buffers (MAMO's memories M_P, M_U, M_{U,I} are buffers)
-``optimizer``       the global optimiser's state (to resume), or None
-``epoch``           the epoch the weights come from; ``history``: the learning curves
-``data_provenance`` the data's release and file checksums; ``seed``; ``versions``; ``extra``
-==================  =============================================================================
+===================  =============================================================================
+key                  content
+===================  =============================================================================
+``format``           ``"mamo-lite-checkpoint"`` and ``format_version`` (checked on load)
+``method``           ``"maml"``, ``"melu"``, ``"metacs-dnn"`` or ``"mamo"``; ``dataset``: its name
+``configs``          ``RecommenderConfig``, ``MetaConfig`` and ``MAMOConfig`` as dictionaries
+``spec``             the ``FeatureSpec`` (vocabulary sizes, rating scale) the network was built for
+``state_dict``       parameters and buffers (MAMO's memories M_P, M_U, M_{U,I} are buffers)
+``optimizer``        the global optimiser's state (to resume), or None
+``epoch``            the epoch the weights come from; ``history``: the learning curves
+``data_provenance``  the data's release and file checksums; ``seed``; ``versions``; ``extra``
+===================  =============================================================================
 
 Equal content gives equal bytes: given a history without wall-clock rows (``mamo-lite train`` keeps
 its epoch timings in ``metrics.json``), two runs with the same seed on the same machine write

@@ -193,7 +193,7 @@ def ndcg_clips(pred: Tensor, y: Tensor, mask: Tensor | None = None, *, k: int = 
 
 
 class Aggregate(NamedTuple):
-    """One aggregated metric: its ``value`` and the number ``n`` of ``unit``s averaged."""
+    """One aggregated metric: its ``value`` and the number ``n`` of things averaged, named by ``unit``."""
 
     value: float
     n: int

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 __all__ = ["PINNED_ENV", "THREAD_ENV", "apply_env", "pinned_env_active"]
 
 THREAD_ENV: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
+"""OpenMP's passive wait policy, applied when :mod:`mamo_lite` is imported (see the module docstring)."""
 
 PINNED_ENV: dict[str, str] = {
     **THREAD_ENV,
@@ -40,6 +41,7 @@ PINNED_ENV: dict[str, str] = {
     "MKL_NUM_THREADS": "2",
     "MAMO_LITE_DEVICE": "cpu",  # DEVICE="auto" means the CPU: GPU numbers differ
 }
+"""The replay's settings: baseline kernels, MKL's reproducible mode, 2 threads, the CPU."""
 
 
 def apply_env(settings: Mapping[str, str], *, override: bool = False) -> dict[str, str]:

@@ -14,7 +14,7 @@ sha256, the resolved protocol, the seed, the parser options and :data:`FORMAT_VE
   unpickles, so a crafted cache file cannot run code: it is unreadable, and rebuilt.
 * **Atomic.** Cache files are written atomically (temporary file + rename), so a failed or
   interrupted load leaves nothing half-written; stale temporary files of killed writers are removed
-  by the next write (:func:`~mamo_lite.utils.remove_stale_temp_files`). An unreadable or
+  by the next write (``mamo_lite.utils.remove_stale_temp_files``). An unreadable or
   mismatching cache file is rebuilt with a warning.
 * **Optional.** A cache folder that cannot be used (a regular file, read-only, full) costs one
   warning naming it; the data is then loaded without the cache.

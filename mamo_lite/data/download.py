@@ -19,7 +19,7 @@ resolve it with :func:`split_zip_member`. Read raw files through these functions
 ``cache_dir() / "digests.json"``, keyed by the absolute path and valid only while the file's inode,
 ``ctime_ns``, size and ``mtime_ns`` are unchanged. ``ctime`` cannot be set by ``touch -r`` or
 ``os.utime``, so an edit that keeps the size and resets the modification time is hashed again. A
-file changed less than :data:`RACY_NS` before it was hashed is not memoised (file timestamps are
+file changed less than ``RACY_NS`` before it was hashed is not memoised (file timestamps are
 coarse, so a later edit within the same tick would leave them all unchanged). The memo is rewritten
 atomically; if the cache folder is not writable, digests are simply recomputed next time.
 
@@ -29,8 +29,8 @@ truncated, not gzip at all) raises :class:`~mamo_lite.data.errors.ChecksumError`
 **Temporary files.** Every writer here writes ``.<name>.<8 random characters>.part`` (downloads,
 extraction) or ``.tmp`` (the memo, the processed-data cache) beside its target and renames it into
 place. A writer killed outright (SIGKILL, power loss) leaves its temporary file behind: the next
-write into that folder removes such files once they are :data:`STALE_TEMP_AGE_S` old
-(:func:`remove_stale_temp_files`). A live writer's file is younger: downloads time out long before.
+write into that folder removes such files once they are ``mamo_lite.utils.STALE_TEMP_AGE_S`` old
+(``mamo_lite.utils.remove_stale_temp_files``). A live writer's file is younger: downloads time out long before.
 A failed download removes the folders it created, so a mistyped data folder is not left behind.
 """
 

@@ -6,18 +6,18 @@ One parser per format. Each takes ``paths`` (logical file name → path, as the 
 have the documented shape raises :class:`ParseError`, which names the file, the line, the field and
 the fix.
 
-=================  =============================================  ==============================
-dataset            logical files                                  profile fields
-=================  =============================================  ==============================
-``movielens-1m``   ratings, users, movies, extrainfos             user: gender, age, occupation;
-                                                                  item: rate, year | genre,
-                                                                  director (multi)
-``movielens-100k`` data, user, item, genre, occupation            user: gender, age (ML-1M's
-                                                                  groups), occupation; item:
-                                                                  year | genre (multi)
-``book-crossing``  ratings, books, users                          user: age, country;
-                                                                  item: year, author, publisher
-=================  =============================================  ==============================
+==================  =============================================  ==============================
+dataset             logical files                                  profile fields
+==================  =============================================  ==============================
+``movielens-1m``    ratings, users, movies, extrainfos             user: gender, age, occupation;
+                                                                   item: rate, year | genre,
+                                                                   director (multi)
+``movielens-100k``  data, user, item, genre, occupation            user: gender, age (ML-1M's
+                                                                   groups), occupation; item:
+                                                                   year | genre (multi)
+``book-crossing``   ratings, books, users                          user: age, country;
+                                                                   item: year, author, publisher
+==================  =============================================  ==============================
 
 Missing values become ``pd.NA`` (categorical) or an empty tuple (multi); the encoder maps them to
 index 0 ("unknown").

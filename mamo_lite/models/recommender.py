@@ -7,15 +7,15 @@ map them to ``e_u``/``e_i`` (Eq. 1); the recommender ``f_θr`` predicts the rati
 
 Parameters are grouped as in the paper so that methods can say which ones adapt per user:
 
-=============  =====================================  ============
-group          parameters                             paper
-=============  =====================================  ============
-``profile``    field embedding tables                 ``p_u``, ``p_i`` inputs
-``user``       user tower                             ``θ_u`` (``φ_u``)
-``item``       item tower                             ``θ_i`` (``φ_i``)
-``preference`` ``M_{u,I}`` slot (no bias)             fast weights of Eq. 2
-``decision``   fully connected head                   ``θ_r`` (``φ_r``)
-=============  =====================================  ============
+==============  =====================================  ======================
+group           parameters                             paper
+==============  =====================================  ======================
+``profile``     field embedding tables                 ``p_u``, ``p_i`` inputs
+``user``        user tower                             ``θ_u`` (``φ_u``)
+``item``        item tower                             ``θ_i`` (``φ_i``)
+``preference``  ``M_{u,I}`` slot (no bias)             fast weights of Eq. 2
+``decision``    fully connected head                   ``θ_r`` (``φ_r``)
+==============  =====================================  ======================
 """
 
 from __future__ import annotations
