@@ -43,6 +43,8 @@ METHOD_HELP = {
     "metacs-dnn": "MetaCS-DNN (Bharadhwaj 2019): MAML over MeLU's network, global SGD (Table 1 baseline)",
     "mamo": "MAMO (Dong et al. 2020): MAML whose initialisation is personalised by profile, gradient and "
             "preference memories",
+    "s2meta": "s²Meta (Du et al. 2019): learned initialisation, LSTM update controller and REINFORCE-trained "
+              "stop controller (Table 1 baseline)",
 }
 
 DATA_HELP = """\

@@ -26,6 +26,8 @@ TINY_NETS: dict[str, dict] = {
     "maml": {"embed_dim": 3, "field_dim": 2, "tower_layers": 1, "decision_hidden": (4,), "preference": "code"},
     "melu": {"embed_dim": 2, "decision_hidden": (5, 3), "activation": "leaky_relu"},
     "metacs-dnn": {"embed_dim": 2, "decision_hidden": (5, 3), "activation": "leaky_relu"},
+    "s2meta": {"embed_dim": 2, "field_dim": 2, "tower_layers": 1, "decision_hidden": (4, 3),
+               "activation": "leaky_relu"},
 }
 
 

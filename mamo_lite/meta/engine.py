@@ -18,8 +18,9 @@ padded, masked batch of users.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +37,18 @@ from mamo_lite.utils import check_literal_fields, check_range
 
 Path = Literal["vmap", "loop"]
 
+_CONFIG_KINDS: dict[str, type] = {}  # MetaConfig subclasses by ``kind`` (for ``MetaConfig.from_dict``)
+_IN_VMAP: ContextVar[bool] = ContextVar("mamo_lite_in_vmap", default=False)
+
+
+def in_vmap() -> bool:
+    """True while :func:`map_users` runs a per-user function under ``vmap``.
+
+    A per-user algorithm must then not branch on data (it masks instead); on the per-user loop path it
+    may stop early (s²Meta's learned stop rule).
+    """
+    return _IN_VMAP.get()
+
 
 @dataclass(frozen=True)
 class MetaConfig:
@@ -50,7 +63,12 @@ class MetaConfig:
     ``"batch"``, one step on the mean loss of the whole support set (MeLU's and the authors' MAMO
     code, which take 5 and 9 such steps), or ``"per-item"``, one step per support rating in order
     (the paper's Algorithm 1: "for each item in the support set"; 15 steps per pass at |S| = 15).
+
+    A method with more hyper-parameters subclasses this dataclass and names itself in ``kind``;
+    ``to_dict`` records the kind and ``MetaConfig.from_dict`` rebuilds that subclass (checkpoints).
     """
+
+    kind: ClassVar[str | None] = None
 
     local_groups: tuple[str, ...] = GROUPS
     local_lr: float = 0.01
@@ -77,16 +95,28 @@ class MetaConfig:
             raise TypeError(f"MetaConfig.first_order must be True or False, got {self.first_order!r}")
         check_literal_fields(self)
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("kind"):
+            _CONFIG_KINDS[cls.kind] = cls
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["local_groups"] = list(self.local_groups)
+        if self.kind is not None:
+            d["kind"] = self.kind
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> MetaConfig:
         d = dict(d)
         d["local_groups"] = tuple(d["local_groups"])
-        return cls(**d)
+        kind = d.pop("kind", None)
+        if kind is None:
+            return cls(**d)
+        if kind not in _CONFIG_KINDS:
+            raise ValueError(f"unknown MetaConfig kind {kind!r}; known: {sorted(_CONFIG_KINDS)}")
+        return _CONFIG_KINDS[kind].from_dict(d)
 
 
 Params = dict[str, Tensor]
@@ -240,7 +270,11 @@ def _stack(trees: list[dict]) -> dict:
 def map_users(fn: Callable, batch_inputs: dict, path: Path, n_users: int):
     """Apply a per-user function over a batch: ``vmap`` or a Python loop (identical results)."""
     if path == "vmap":
-        return vmap(fn)(batch_inputs)
+        token = _IN_VMAP.set(True)
+        try:
+            return vmap(fn)(batch_inputs)
+        finally:
+            _IN_VMAP.reset(token)
     if path != "loop":
         raise ValueError(f"path must be 'vmap' or 'loop', got {path!r}")
     outs = [fn(tree_index(batch_inputs, i)) for i in range(n_users)]

@@ -8,14 +8,17 @@ method         local (adapted per user)                     global update
 ``metacs-dnn`` every parameter, MeLU's network             SGD 0.4 (MAMO appendix A.2.2)
 ``mamo``       θ_u, θ_i, θ_r and ``M_{u,I}``; θ_u starts   SGD λ (Eq. 12); memories written by
                at ``φ_u − τ b_u`` (Eqs. 3–10)              Eqs. 5, 6, 8
+``s2meta``     interaction MLP (Du et al. 2019), moved by  Adam in three groups (θ₀ + towers 1e-4,
+               learned LSTM controllers for 4–20 steps     update 1e-4, stop 5e-5), REINFORCE for
+               (learned stop)                              the stop controller, clip ±0.25
 =============  ==========================================  ===========================================
 
 Modules: :mod:`~mamo_lite.methods.maml`, :mod:`~mamo_lite.methods.melu`,
 :mod:`~mamo_lite.methods.metacs` (MetaCS-DNN), :mod:`~mamo_lite.methods.mamo` with
-:mod:`~mamo_lite.methods.memories` (Eqs. 3–8), and :mod:`~mamo_lite.methods.baselines` (the non-meta
-baselines). Each meta-learning module states its defaults (``configs(dataset)``) and builds its learner
-(``build(model, configs)``); all of them run on the one engine, :mod:`mamo_lite.meta.engine`, which
-imports none of them.
+:mod:`~mamo_lite.methods.memories` (Eqs. 3–8), :mod:`~mamo_lite.methods.s2meta` (s²Meta), and
+:mod:`~mamo_lite.methods.baselines` (the non-meta baselines). Each meta-learning module states its
+defaults (``configs(dataset)``) and builds its learner (``build(model, configs)``); all of them run on
+the one engine, :mod:`mamo_lite.meta.engine`, which imports none of them.
 
 ``method_configs(method, dataset)`` returns the default configurations; any field can be
 overridden by name (``build_learner(..., overrides={"local_lr": 0.05})``), which is what the CLI's
@@ -31,12 +34,12 @@ from typing import Any
 
 from mamo_lite.data.tasks import FeatureSpec
 from mamo_lite.meta.engine import MetaLearner
-from mamo_lite.methods import maml, mamo, melu, metacs
+from mamo_lite.methods import maml, mamo, melu, metacs, s2meta
 from mamo_lite.models.recommender import EmbeddingRecommender
 
 __all__ = ["METHODS", "build_learner", "learner_configs", "method_configs"]
 
-_MODULES: dict[str, ModuleType] = {m.NAME: m for m in (maml, melu, metacs, mamo)}
+_MODULES: dict[str, ModuleType] = {m.NAME: m for m in (maml, melu, metacs, mamo, s2meta)}
 METHODS: tuple[str, ...] = tuple(_MODULES)
 
 
