@@ -112,6 +112,8 @@ ROWS: dict[str, Row] = {
     "MetaCS-DNN": Row("meta", "metacs-dnn", note="SGD 0.4 as MAMO's appendix A.2.2 gives (diverges on MovieLens)"),
     "MetaCS-DNN (λ validated)": Row("meta", "metacs-dnn", grid={"global_lr": (0.4, 0.05, 0.01)},
                                     note="λ chosen on validation users"),
+    "s²Meta": Row("meta", "s2meta", note="learned optimiser and stop rule (baselines.md §4); GPU recommended: "
+                                         "an ML-1M epoch takes about 70 minutes on 2 CPU cores"),
     "MAML": Row("meta", "maml", grid={"local_lr": (1e-2, 3e-3, 1e-3)}, note="ρ chosen on validation users"),
     "MAMO": Row("meta", "mamo"),
     "MAMO (as coded)": Row("meta", "mamo", MAMO_AS_CODED),
