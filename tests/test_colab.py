@@ -146,13 +146,18 @@ def _zip(folder: Path, prefix: str, out: Path) -> None:
 
 
 def _colab_pins() -> list[str]:
-    """What Colab has preinstalled, at the book's pins: torch and the scientific stack, plus papermill."""
+    """What Colab has preinstalled, at the book's pins: the package's dependencies (torch, NumPy, pandas,
+    tqdm, SciPy...) and the plotting stack, plus papermill to run the chapters. The package itself is not
+    among them: the chapter's first cell installs it."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("ci_pins", ROOT / ".ci" / "pins.py")
     pins = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pins)
-    keep = ("torch", "numpy", "pandas", "tqdm", "matplotlib", "seaborn", "ipykernel", "papermill")
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    keep = {Requirement(r).name for r in project["dependencies"]} | {"matplotlib", "seaborn", "ipykernel", "papermill"}
     return [p for p in pins.read_pins() if p.split("==")[0] in keep]
 
 
