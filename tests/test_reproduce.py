@@ -126,3 +126,45 @@ def test_trained_baseline_rows_choose_epochs_on_validation_users():
         assert {r["metric"] for r in cell["rows"]} == {"MAE", "RMSE", "NDCG@3", "spread"}
     with pytest.raises(ValueError, match="has a grid"):
         rp.run_cell("RUM (item)", "synthetic", 0, "smoke", data=data)  # its A.2.2 search comes first
+
+
+# -- the committed results cannot drift from the code ----------------------------------------------
+
+COMMITTED = rp.ROOT / "results" / "table1"
+
+
+def _committed_cell(dataset: str, label: str, seed: int) -> dict:
+    path = COMMITTED / dataset / rp.slug(label) / f"seed{seed}.json"
+    if not path.is_file():
+        pytest.skip(f"{path.relative_to(rp.ROOT)} is not committed")
+    from nbval_replay import missing_datasets
+
+    if missing_datasets([dataset]):
+        pytest.skip(f"needs {dataset} (set MAMO_LITE_DATA)")
+    return json.loads(path.read_text())
+
+
+def _values(rows: list[dict]) -> dict:
+    return {(r["scenario"], r["metric"]): r["value"] for r in rows}
+
+
+def test_a_committed_constant_cell_is_recomputed_exactly():
+    stored = _committed_cell("movielens-1m", "global median", 0)
+    again = rp.run_cell("global median", "movielens-1m", 0, stored["provenance"]["budget"]["name"],
+                        data=load("movielens-1m", seed=0))
+    assert _values(again["rows"]) == pytest.approx(_values(stored["rows"]), rel=1e-9)
+
+
+@pytest.mark.slow
+def test_a_committed_trained_cell_is_recomputed_within_the_replay_tolerance():
+    """The DNN on MovieLens-1M, seed 0, retrained: the same epoch and numbers within the book's tolerance."""
+    from nbval_replay import TOLERANCES
+
+    stored = _committed_cell("movielens-1m", "DNN", 0)
+    again = rp.run_cell("DNN", "movielens-1m", 0, stored["provenance"]["budget"]["name"],
+                        data=load("movielens-1m", seed=0))
+    tol = TOLERANCES["trained"]
+    old, new = _values(stored["rows"]), _values(again["rows"])
+    assert old.keys() == new.keys()
+    bad = {k: (old[k], new[k]) for k in old if not tol.allows(old[k], new[k])}
+    assert not bad, f"recomputed cell moved beyond {tol.describe()}: {bad}"
