@@ -45,6 +45,7 @@ METHOD_HELP = {
             "preference memories",
     "s2meta": "s²Meta (Du et al. 2019): learned initialisation, LSTM update controller and REINFORCE-trained "
               "stop controller (Table 1 baseline)",
+    "greatmeta": "GreatMeta (Du et al. 2025): FiLM encoder; users weighted by a scheduler over gradient factors",
 }
 
 DATA_HELP = """\

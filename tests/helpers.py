@@ -28,6 +28,8 @@ TINY_NETS: dict[str, dict] = {
     "metacs-dnn": {"embed_dim": 2, "decision_hidden": (5, 3), "activation": "leaky_relu"},
     "s2meta": {"embed_dim": 2, "field_dim": 2, "tower_layers": 1, "decision_hidden": (4, 3),
                "activation": "leaky_relu"},
+    # GreatMeta's FiLM network: rows are the raw field embeddings (no towers), two FiLM layers.
+    "greatmeta": {"embed_dim": 2, "field_dim": 2, "decision_hidden": (3, 2)},
 }
 
 

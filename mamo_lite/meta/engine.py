@@ -133,6 +133,8 @@ class MetaLearner(nn.Module):
     algorithm itself: :meth:`user_objective` (training: the loss whose gradient is the meta-gradient),
     :meth:`user_predictions` (Algorithm 2), :meth:`batch_inputs` (per-user inputs, e.g. random draws made
     outside ``vmap``), :meth:`configure_optimizer` and :meth:`before_optimizer_step` (e.g. clipping).
+    A method that weights users by their gradients (GreatMeta) overrides the batch update itself,
+    :meth:`meta_update`.
     """
 
     def __init__(self, model: EmbeddingRecommender, config: MetaConfig) -> None:
@@ -195,6 +197,14 @@ class MetaLearner(nn.Module):
 
     def before_optimizer_step(self) -> None:
         """Called with the meta-gradients in ``.grad``, before the optimiser steps (no-op)."""
+
+    def meta_update(self, batch: TaskBatch, optimizer: torch.optim.Optimizer, path: Path) -> Tensor:
+        """One meta-update over a batch, what :func:`meta_step` runs; returns the per-user query losses.
+
+        Default :func:`uniform_meta_update` (Eq. 12 with every user counted alike). A method that weights
+        its users by something computed from their gradients (GreatMeta's scheduler) overrides it.
+        """
+        return uniform_meta_update(self, batch, optimizer, path=path)
 
     # -- the recommender, functionally -----------------------------------------------------
     def output(self, params: Params, fast: Params, user_x: Tensor, item_x: dict) -> Tensor:
@@ -335,6 +345,15 @@ def make_optimizer(learner: MetaLearner) -> torch.optim.Optimizer:
 def meta_step(learner: MetaLearner, batch: TaskBatch, optimizer: torch.optim.Optimizer, *,
               path: Path = "vmap") -> Tensor:
     """One meta-update (Algorithm 1 lines 4–17 for a batch of users); returns per-user query losses.
+
+    Runs ``learner.meta_update`` (by default :func:`uniform_meta_update`).
+    """
+    return learner.meta_update(batch, optimizer, path)
+
+
+def uniform_meta_update(learner: MetaLearner, batch: TaskBatch, optimizer: torch.optim.Optimizer, *,
+                        path: Path = "vmap") -> Tensor:
+    """Eq. 12 over a batch: the reduced meta-gradient, memory writes, one optimiser step.
 
     Memories are read with their pre-batch values by every user of the batch, then written
     (``write_memories``), then ``φ`` takes the optimiser step.

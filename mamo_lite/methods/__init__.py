@@ -11,11 +11,15 @@ method         local (adapted per user)                     global update
 ``s2meta``     interaction MLP (Du et al. 2019), moved by  Adam in three groups (θ₀ + towers 1e-4,
                learned LSTM controllers for 4–20 steps     update 1e-4, stop 5e-5), REINFORCE for
                (learned stop)                              the stop controller, clip ±0.25
+``greatmeta``  FiLM predictor and encoder ψ (Du et al.     Adam 5e-5 on Σ_i w_i g_i; w from a
+               2025), conditioned on the support rows      softmax scheduler over 3 gradient factors,
+                                                           trained by a one-step look-ahead
 =============  ==========================================  ===========================================
 
 Modules: :mod:`~mamo_lite.methods.maml`, :mod:`~mamo_lite.methods.melu`,
 :mod:`~mamo_lite.methods.metacs` (MetaCS-DNN), :mod:`~mamo_lite.methods.mamo` with
-:mod:`~mamo_lite.methods.memories` (Eqs. 3–8), :mod:`~mamo_lite.methods.s2meta` (s²Meta), and
+:mod:`~mamo_lite.methods.memories` (Eqs. 3–8), :mod:`~mamo_lite.methods.s2meta` (s²Meta),
+:mod:`~mamo_lite.methods.greatmeta` (GreatMeta), and
 :mod:`~mamo_lite.methods.baselines` (the non-meta baselines). Each meta-learning module states its
 defaults (``configs(dataset)``) and builds its learner (``build(model, configs)``); all of them run on
 the one engine, :mod:`mamo_lite.meta.engine`, which imports none of them.
@@ -34,12 +38,12 @@ from typing import Any
 
 from mamo_lite.data.tasks import FeatureSpec
 from mamo_lite.meta.engine import MetaLearner
-from mamo_lite.methods import maml, mamo, melu, metacs, s2meta
+from mamo_lite.methods import greatmeta, maml, mamo, melu, metacs, s2meta
 from mamo_lite.models.recommender import EmbeddingRecommender
 
 __all__ = ["METHODS", "build_learner", "learner_configs", "method_configs"]
 
-_MODULES: dict[str, ModuleType] = {m.NAME: m for m in (maml, melu, metacs, mamo, s2meta)}
+_MODULES: dict[str, ModuleType] = {m.NAME: m for m in (maml, melu, metacs, mamo, s2meta, greatmeta)}
 METHODS: tuple[str, ...] = tuple(_MODULES)
 
 
