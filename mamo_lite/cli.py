@@ -60,7 +60,7 @@ where data comes from:
 REPRODUCE_HELP = """\
 rows: global median, global mean, item mean, user support mean (constants), DNN, DNN + fine-tuning,
   NMF, RUM (item), RUM (feature), MeLU, MetaCS-DNN, MetaCS-DNN (λ validated), s²Meta (GPU
-  recommended), MAML, MAMO, MAMO (as coded). Each cell is
+  recommended), GreatMeta, MAML, MAMO, MAMO (as coded). Each cell is
   results/table1/<dataset>/<row>/seed<k>.json with its tidy metric rows, the run's facts (selected
   epoch, epochs run, divergence) and its provenance (commit, device, versions, data checksums,
   budget). A cell whose inputs changed is recomputed. Rows with a grid (MAML's ρ, MetaCS-DNN's λ,

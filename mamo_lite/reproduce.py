@@ -114,6 +114,7 @@ ROWS: dict[str, Row] = {
                                     note="λ chosen on validation users"),
     "s²Meta": Row("meta", "s2meta", note="learned optimiser and stop rule (baselines.md §4); GPU recommended: "
                                          "an ML-1M epoch takes about 70 minutes on 2 CPU cores"),
+    "GreatMeta": Row("meta", "greatmeta", note="the code's settings (ρ 5e-6, Adam 5e-5), support-conditioned FiLM"),
     "MAML": Row("meta", "maml", grid={"local_lr": (1e-2, 3e-3, 1e-3)}, note="ρ chosen on validation users"),
     "MAMO": Row("meta", "mamo"),
     "MAMO (as coded)": Row("meta", "mamo", MAMO_AS_CODED),
