@@ -69,6 +69,17 @@ def _prepare(pred: Tensor, batch: TaskBatch, rating_range: RatingRange) -> tuple
     return pred, y, batch.query_mask.detach().cpu().to(torch.bool)
 
 
+def pooled_errors(pred: Tensor, batch: TaskBatch, rating_range: RatingRange) -> dict[str, float]:
+    """MAE and RMSE pooled over ``batch``'s real query ratings, predictions clipped to the scale first.
+
+    What best-epoch selection reads on the validation users (:func:`mamo_lite.train.fit` and the
+    trained baselines' :func:`mamo_lite.methods.baselines.fit_baseline`).
+    """
+    p = clip_predictions(pred.detach().cpu(), rating_range)
+    y, mask = batch.query_y.detach().cpu(), batch.query_mask.detach().cpu()
+    return {m: aggregate(m, p, y, mask, average="rating").value for m in ("MAE", "RMSE")}
+
+
 def scenario_metrics(pred: Tensor, batch: TaskBatch, *, method: str, dataset: str, seed: int,
                      rating_range: RatingRange, k: int = 3, clip: int = 5,
                      average: Literal["paper", "rating", "user"] = "paper", ndcg_min_items: int = 2,

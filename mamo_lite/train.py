@@ -33,9 +33,8 @@ import pandas as pd
 import torch
 
 from mamo_lite.data.tasks import TaskBatch
-from mamo_lite.evaluate import clip_predictions, scenario_metrics
+from mamo_lite.evaluate import pooled_errors, scenario_metrics
 from mamo_lite.meta.engine import MetaLearner, Path, make_optimizer, meta_step, predict
-from mamo_lite.metrics import aggregate
 from mamo_lite.utils import progress as progress_bar
 from mamo_lite.utils import resolve_device, seed_everything
 
@@ -137,10 +136,8 @@ def _splits(data: Any, val: bool | TaskBatch) -> tuple[TaskBatch, TaskBatch | No
 def val_metrics(learner: MetaLearner, batch: TaskBatch, *, path: Path = "vmap", chunk: int = 256,
                 steps: int | None = None) -> dict[str, float]:
     """Validation MAE and RMSE pooled over the query ratings (Algorithm 2 predictions, clipped to the scale)."""
-    pred = predict(learner, batch, path=path, chunk=chunk, steps=steps).cpu()
-    pred = clip_predictions(pred, learner.model.spec)
-    y, mask = batch.query_y.cpu(), batch.query_mask.cpu()
-    return {m: aggregate(m, pred, y, mask, average="rating").value for m in ("MAE", "RMSE")}
+    pred = predict(learner, batch, path=path, chunk=chunk, steps=steps)
+    return pooled_errors(pred, batch, learner.model.spec)
 
 
 def _clone_state(learner: MetaLearner) -> dict[str, torch.Tensor]:

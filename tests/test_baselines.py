@@ -306,15 +306,6 @@ def movielens():
     return data.spec, data.tasks("train"), data.tasks("val"), data.tasks("test")
 
 
-@pytest.fixture
-def one_thread():
-    """Time-critical tests on a shared 2-core machine: one intra-op thread (oversubscription is far slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _test_mae(pred: torch.Tensor, batch: TaskBatch, spec: FeatureSpec) -> float:
     return aggregate("MAE", pred.clamp(spec.rating_min, spec.rating_max), batch.query_y, batch.query_mask,
                      average="rating").value

@@ -30,16 +30,6 @@ SPEC = tiny_spec()
 LOCAL_GROUPS = {"maml": set(GROUPS), "melu": {"decision"}, "metacs-dnn": set(GROUPS)}
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
 # -- independent references -----------------------------------------------------------------------
 
 def real_mse(model, task: dict, which: str):

@@ -38,16 +38,6 @@ SPEC = tiny_spec()
 RATES = {"local_lr": 0.05, "inner_steps": 2, "global_lr": 1e-2, "scheduler_lr": 1e-2}
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
 def _learner(**overrides) -> GreatMetaLearner:
     return tiny_learner("greatmeta", **{**RATES, **overrides})
 

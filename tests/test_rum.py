@@ -206,15 +206,6 @@ def movielens():
     return data.spec, subset_users(data.tasks("train"), 800, seed=0), data.tasks("val"), data.tasks("test")
 
 
-@pytest.fixture
-def one_thread():
-    """Time-critical tests on a shared 2-core machine: one intra-op thread (oversubscription is far slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("variant", rum.VARIANTS)
 def test_rum_learns_on_movielens(movielens, one_thread, variant):
     """RUM at its search start (lr 0.1 from a validation-only probe; α 0.2, dim 20, reg 1e-4) on 800 training

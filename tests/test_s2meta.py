@@ -24,16 +24,6 @@ from mamo_lite.train import evaluate_learner, fit, subset_users
 SPEC = tiny_spec()
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
 def _data(n_train: int = 24, n_val: int = 8) -> dict:
     return {"train": tiny_batch(SPEC, n_users=n_train, n_support=5, n_query=3, seed=1, masks="ragged"),
             "val": tiny_batch(SPEC, n_users=n_val, n_support=5, n_query=3, seed=2)}

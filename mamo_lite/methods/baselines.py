@@ -89,9 +89,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mamo_lite.data.tasks import FeatureSpec, TaskBatch
-from mamo_lite.evaluate import clip_predictions
+from mamo_lite.evaluate import pooled_errors
 from mamo_lite.meta.engine import MetaConfig, MetaLearner, Path, predict
-from mamo_lite.metrics import aggregate
 from mamo_lite.models.recommender import GROUPS, EmbeddingRecommender, RecommenderConfig, rating_loss
 from mamo_lite.train import DIVERGENCE_LOSS, HISTORY_COLUMNS, divergence_message
 from mamo_lite.utils import progress as progress_bar
@@ -279,13 +278,6 @@ class BaselineFit:
         return self.model.predict(batch.to(dev)).detach().to(batch.query_y.device)
 
 
-def _val_metrics(pred: Tensor, batch: TaskBatch, spec: FeatureSpec) -> dict[str, float]:
-    """Validation MAE and RMSE pooled over the query ratings, predictions clipped (as ``train.val_metrics``)."""
-    pred = clip_predictions(pred.detach().cpu(), spec)
-    y, mask = batch.query_y.cpu(), batch.query_mask.cpu()
-    return {m: aggregate(m, pred, y, mask, average="rating").value for m in ("MAE", "RMSE")}
-
-
 def _snapshot(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -343,7 +335,7 @@ def fit_baseline(make: Callable[..., nn.Module], train: TaskBatch, val: TaskBatc
                 if not bool(torch.isfinite(pred[held_out.query_mask]).all()):
                     diverged = divergence_message(epoch, "val")
                     break
-                metrics = _val_metrics(pred, held_out, spec)
+                metrics = pooled_errors(pred, held_out, spec)
                 epoch_rows += [(epoch, "val", m, v) for m, v in metrics.items()]
                 epoch_rows.append((epoch, "val", "seconds", time.perf_counter() - t1))
                 improved = metrics["MAE"] < best_mae
