@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
 import torch
 from torch import Tensor
 
@@ -124,3 +125,19 @@ def tiny_learner(method: str = "maml", spec: FeatureSpec | None = None, seed: in
 
     torch.manual_seed(seed)
     return build_learner(method, spec or tiny_spec(), overrides={**TINY_NETS[method], **overrides})
+
+
+def _have(name: str) -> bool:
+    from mamo_lite.data import available
+
+    return available(name)
+
+
+needs_movielens_1m = pytest.mark.skipif(not _have("movielens-1m"),
+                                        reason="needs MovieLens-1M: set MAMO_LITE_DATA (e.g. ../shared/data)")
+"""Mark for a real-data test: skipped in one line where MovieLens-1M's files are not on this machine."""
+
+
+def overall_mae(table) -> float:
+    """The ``all`` row's MAE of a tidy per-scenario table (:func:`mamo_lite.evaluate.scenario_metrics`)."""
+    return float(table.query("metric == 'MAE' and scenario == 'all'")["value"].iloc[0])

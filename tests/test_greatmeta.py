@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_batch, tiny_learner, tiny_spec
+from helpers import needs_movielens_1m, overall_mae, tiny_batch, tiny_learner, tiny_spec
 
 from mamo_lite.checkpoint import load_checkpoint, save_checkpoint
 from mamo_lite.data.tasks import tree_index
@@ -432,15 +430,13 @@ def test_per_user_meta_gradients_match_greatmetas_own(float64):
 
 # -- real data ------------------------------------------------------------------------------------------
 
-DATA = os.environ.get("MAMO_LITE_DATA")
 # One epoch on 320 training users must move the model: the code's rates (ρ = 5e-6, Adam 5e-5) do not in 10
 # batches (measured: test MAE 0.958 against the global mean's 0.926), so this test uses ρ = 1e-3, Adam 3e-3
 # and 16 users per batch (measured: 0.894, about 30 s on 2 busy CPU cores).
 REAL = {"local_lr": 1e-3, "global_lr": 3e-3, "scheduler_lr": 1e-3, "users_per_batch": 16}
 
 
-@pytest.mark.skipif(not DATA or not (Path(DATA) / "ml-1m" / "ratings.dat").exists(),
-                    reason="needs MovieLens-1M under MAMO_LITE_DATA (e.g. ../shared/data)")
+@needs_movielens_1m
 def test_greatmeta_beats_the_global_mean_on_movielens():
     from mamo_lite.data import load
     from mamo_lite.evaluate import scenario_metrics
@@ -449,15 +445,12 @@ def test_greatmeta_beats_the_global_mean_on_movielens():
     data = load("movielens-1m", download=False, seed=0)
     test = subset_users(data.tasks("test"), 300, 0)
 
-    def mae(table):
-        return float(table.query("metric == 'MAE' and scenario == 'all'").value.iloc[0])
-
     torch.manual_seed(0)
     learner = build_learner("greatmeta", data.spec, overrides=REAL)
     result = fit(learner, data, epochs=1, seed=0, device="cpu", max_train_users=320, max_val_users=100,
                  progress=False)
     assert result.diverged is None
-    got = mae(evaluate_learner(learner, test, method="greatmeta", dataset="ml", seed=0))
-    baseline = mae(scenario_metrics(global_mean(data.tasks("train"), test), test, method="global", dataset="ml",
+    got = overall_mae(evaluate_learner(learner, test, method="greatmeta", dataset="ml", seed=0))
+    baseline = overall_mae(scenario_metrics(global_mean(data.tasks("train"), test), test, method="global", dataset="ml",
                                     seed=0, rating_range=data.spec))
     assert got < baseline

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_batch, tiny_learner, tiny_spec
+from helpers import needs_movielens_1m, overall_mae, tiny_batch, tiny_learner, tiny_spec
 
 from mamo_lite.checkpoint import load_checkpoint, save_checkpoint
 from mamo_lite.meta import MetaConfig, MetaLearner, meta_gradient, meta_step, predict
@@ -200,15 +198,13 @@ def test_cli_smoke_run(tmp_path, capsys):
 
 # -- (7) real data ---------------------------------------------------------------------------------
 
-DATA = os.environ.get("MAMO_LITE_DATA")
 # A narrower MLP than the Table-1 preset's (10,881 adapted coordinates, each with its own LSTM state),
 # so that a run fits in about a minute on 2 CPU cores; the algorithm is unchanged.
 SMALL = {"embed_dim": 16, "field_dim": 8, "decision_hidden": (16, 8), "output_bias_init": "midpoint",
          "users_per_batch": 4, "global_lr": 1e-3, "update_lr": 1e-3, "stop_lr": 5e-4}
 
 
-@pytest.mark.skipif(not DATA or not (Path(DATA) / "ml-1m" / "ratings.dat").exists(),
-                    reason="needs MovieLens-1M under MAMO_LITE_DATA (e.g. ../shared/data)")
+@needs_movielens_1m
 def test_s2meta_beats_the_global_mean_on_movielens():
     from mamo_lite.data import load
     from mamo_lite.evaluate import scenario_metrics
@@ -217,15 +213,12 @@ def test_s2meta_beats_the_global_mean_on_movielens():
     data = load("movielens-1m", download=False, seed=0)
     test = subset_users(data.tasks("test"), 300, 0)
 
-    def mae(table):
-        return float(table.query("metric == 'MAE' and scenario == 'all'").value.iloc[0])
-
     torch.manual_seed(0)
     learner = build_learner("s2meta", data.spec, overrides=SMALL)
     result = fit(learner, data, epochs=1, seed=0, device="cpu", path="loop", max_train_users=300,
                  max_val_users=100, progress=False)
     assert result.diverged is None
-    got = mae(evaluate_learner(learner, test, method="s2meta", dataset="ml", seed=0, path="loop"))
-    baseline = mae(scenario_metrics(global_mean(data.tasks("train"), test), test, method="global", dataset="ml",
+    got = overall_mae(evaluate_learner(learner, test, method="s2meta", dataset="ml", seed=0, path="loop"))
+    baseline = overall_mae(scenario_metrics(global_mean(data.tasks("train"), test), test, method="global", dataset="ml",
                                     seed=0, rating_range=data.spec))
     assert got < baseline
