@@ -383,7 +383,8 @@ def table1(datasets: Iterable[str] = ("movielens-1m", "book-crossing"), rows: It
     """Every (row × dataset × seed) cell, computed or read back from ``out``; returns the tidy table.
 
     Writes ``out/<dataset>/<row>/seed<k>.json`` per cell (atomically, as it finishes) and then
-    ``out/table1.csv`` (all rows) and ``out/table1.json`` (provenance and per-cell run facts).
+    ``out/table1.csv`` (the metric rows of every cell in ``out``, this run's and earlier ones) and
+    ``out/table1.json`` (provenance and every cell's run facts). Returns this run's rows.
     """
     from mamo_lite.data import load
 
@@ -430,8 +431,14 @@ def table1(datasets: Iterable[str] = ("movielens-1m", "book-crossing"), rows: It
     finally:
         bar.close()
     table = pd.DataFrame(collected, columns=list(COLUMNS))
-    atomic_write_text(out / "table1.csv", table.to_csv(index=False))
+    # The folder's summary covers every cell in it, also those of earlier runs with other rows or seeds.
+    from mamo_lite.results import load_cells
+
+    everything = load_cells(out)
+    atomic_write_text(out / "table1.csv", everything.metrics.to_csv(index=False))
     atomic_write_text(out / "table1.json", json.dumps(json_safe({
-        "budget": asdict(budget), "datasets": list(datasets), "rows": labels, "seeds": seeds,
-        "cells": facts, **_commit(), "versions": versions(dev)}), indent=1, sort_keys=True))
+        "budget": asdict(budget), "this_run": {"datasets": list(datasets), "rows": labels, "seeds": seeds,
+                                              "cells": facts},
+        "cells": everything.runs.to_dict(orient="records"), **_commit(), "versions": versions(dev)}),
+        indent=1, sort_keys=True))
     return table

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 from helpers import tiny_batch, tiny_spec
@@ -64,6 +65,11 @@ def test_cells_are_written_read_back_and_recomputed_only_when_their_inputs_chang
     again = rp.table1(["synthetic"], ROWS, [0, 1], "smoke", out=tmp_path, show_progress=False)
     assert calls == [] and again.equals(first)  # everything read back
 
+    rp.table1(["synthetic"], ["global mean"], [0], "smoke", out=tmp_path, show_progress=False)
+    summary = pd.read_csv(tmp_path / "table1.csv")
+    assert set(summary["method"]) == {*ROWS, "global mean"}  # the folder's summary keeps the earlier rows
+    calls.clear()
+
     (tmp_path / "synthetic" / "maml" / "seed1.json").unlink()  # an interrupted run: this cell is missing
     rp.table1(["synthetic"], ROWS, [0, 1], "smoke", out=tmp_path, show_progress=False)
     assert calls == [("MAML", "synthetic", 1)]
@@ -106,7 +112,7 @@ def test_a_diverged_cell_is_an_event_not_a_number(tmp_path, monkeypatch):
     monkeypatch.setitem(rp.ROWS, "MAML", rp.Row("meta", "maml", {"global_lr": 1e30, "global_optimizer": "sgd"}))
     table = rp.table1(["synthetic"], ["MAML"], [0], "smoke", out=tmp_path, show_progress=False)
     assert table.empty
-    facts = json.loads((tmp_path / "table1.json").read_text())["cells"]
+    facts = json.loads((tmp_path / "table1.json").read_text())["this_run"]["cells"]
     assert facts[0]["diverged"].startswith("diverged")
 
 
