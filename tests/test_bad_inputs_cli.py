@@ -14,6 +14,7 @@ import re
 
 import pytest
 import torch
+from test_cli import _private_cache, run  # noqa: F401 (_private_cache: an autouse fixture)
 
 from mamo_lite.checkpoint import CheckpointError, load_checkpoint
 from mamo_lite.cli import main
@@ -24,20 +25,6 @@ from mamo_lite.models.recommender import RecommenderConfig
 INF, NAN = float("inf"), float("nan")
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory, monkeypatch):
-    """Processed-data caches go to a temporary folder, not the user's home."""
-    monkeypatch.setenv("MAMO_LITE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
-def run(args: list[str], capsys) -> tuple[int, str, str]:
-    """``main(args)`` in-process: (exit status, stdout, stderr); argparse's exits are caught."""
-    try:
-        code = main(args)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 SMOKE = ["--dataset", "synthetic", "--preset", "smoke", "--device", "cpu"]

@@ -7,7 +7,6 @@ No network: downloads use ``file://`` URLs or a closed local port.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import socket
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from test_parsers import BX_FILES, ML1M_FILES, copy_fixtures, edit, paths
+from test_registry import _isolated_env, _sha  # noqa: F401 (_isolated_env: an autouse fixture)
 
 from mamo_lite.data import download as dl
 from mamo_lite.data import load
@@ -31,14 +31,6 @@ bad_input = pytest.mark.bad_input
 SYNTHETIC = {"n_users": 40, "n_items": 60}  # a small synthetic dataset: loads in well under a second
 
 
-@pytest.fixture(autouse=True)
-def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MAMO_LITE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("MAMO_LITE_DATA", raising=False)
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _toy_spec(content: bytes, url: str | None = "https://example.invalid/ratings.dat") -> DatasetSpec:
