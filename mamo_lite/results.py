@@ -62,9 +62,18 @@ def table(metrics: pd.DataFrame, *, which: tuple[str, ...] = ("MAE", "NDCG@3"), 
     return summarise(shown[["method", "dataset", "scenario", "metric", "seed", "value"]], digits=digits)
 
 
-def best_rows(metrics: pd.DataFrame, *, exclude: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Per (dataset, scenario, metric): the row with the best mean over seeds (lowest MAE/RMSE, highest NDCG)."""
+def best_rows(metrics: pd.DataFrame, *, exclude: tuple[str, ...] = (), complete_only: bool = True) -> pd.DataFrame:
+    """Per (dataset, scenario, metric): the row with the best mean over seeds (lowest MAE/RMSE, highest NDCG).
+
+    With ``complete_only`` (default) a row competes only where it has every seed the dataset's other
+    rows have: a method that diverged in some seeds has no number for them, and the mean of its
+    surviving seeds is not comparable (MetaCS-DNN's published λ survives 1 seed of 5 on MovieLens).
+    """
     df = metrics[~metrics["method"].isin(exclude) & metrics["metric"].isin(LOWER_IS_BETTER)]
+    if complete_only and not df.empty:
+        seeds = df.groupby(["dataset", "method"])["seed"].nunique()
+        full = seeds[seeds == seeds.groupby(level="dataset").transform("max")].index
+        df = df.set_index(["dataset", "method"]).loc[lambda d: d.index.isin(full)].reset_index()
     means = df.groupby(["dataset", "scenario", "metric", "method"], sort=False)["value"].mean().reset_index()
     out = []
     for (dataset, scenario, metric), group in means.groupby(["dataset", "scenario", "metric"], sort=False):

@@ -45,6 +45,15 @@ def test_best_rows_pick_the_lowest_mae_and_highest_ndcg():
     assert results.best_rows(df, exclude=("b",)).set_index("metric")["best"]["MAE"] == "a"
 
 
+def test_a_row_missing_seeds_does_not_compete_by_default():
+    """b diverged in seed 1: its one surviving seed must not make it 'best' over a row with every seed."""
+    rows = [("a", 0, 0.80), ("a", 1, 0.82), ("b", 0, 0.70)]
+    df = pd.DataFrame([(m, "d", "all", "MAE", s, v) for m, s, v in rows],
+                      columns=["method", "dataset", "scenario", "metric", "seed", "value"])
+    assert results.best_rows(df).set_index("metric")["best"]["MAE"] == "a"
+    assert results.best_rows(df, complete_only=False).set_index("metric")["best"]["MAE"] == "b"
+
+
 def test_paired_interval_on_a_known_difference():
     rng = np.random.default_rng(0)
     users = pd.DataFrame({"user": np.arange(400), "seed": 0, "dataset": "d"})
