@@ -41,9 +41,9 @@ import torch
 from mamo_lite.data.tasks import TaskBatch
 from mamo_lite.evaluate import COLUMNS, clip_predictions, per_user_metrics, scenario_metrics
 from mamo_lite.methods import build_learner
-from mamo_lite.methods.baselines import global_mean, item_mean, user_support_mean
+from mamo_lite.methods.baselines import global_mean, global_median, item_mean, user_support_mean
 from mamo_lite.models.recommender import GROUPS
-from mamo_lite.train import NonFinitePredictionError, fit, subset_users
+from mamo_lite.train import NonFinitePredictionError, adapted_predictions, fit, subset_users
 from mamo_lite.utils import atomic_write_text, json_safe, progress, resolve_device, seed_everything, versions
 
 __all__ = ["BUDGETS", "ROWS", "Budget", "Row", "run_cell", "table1", "within_user_spread"]
@@ -154,8 +154,7 @@ def within_user_spread(pred: torch.Tensor, batch: TaskBatch, rating_range) -> fl
 
 def _constant(method: str, train: TaskBatch, test: TaskBatch) -> torch.Tensor:
     if method == "global-median":
-        y = torch.cat([train.support_y[train.support_mask], train.query_y[train.query_mask]])
-        return torch.full_like(test.query_y, float(y.median()))
+        return global_median(train, test)
     if method == "global-mean":
         return global_mean(train, test)
     if method == "item-mean":
@@ -194,7 +193,7 @@ def _plain(row: Row, data, train: TaskBatch, test: TaskBatch, seed: int, budget:
     return f.predict(test.to(dev)).cpu(), info
 
 
-def _meta(row: Row, dataset: str, data, seed: int, budget: Budget, device) -> tuple:
+def _meta(row: Row, dataset: str, data, test: TaskBatch, seed: int, budget: Budget, device) -> tuple:
     seed_everything(seed)
     learner = build_learner(row.method, data.spec, dataset, overrides=row.overrides)
     max_epochs, patience = _epochs(row, budget)
@@ -206,13 +205,7 @@ def _meta(row: Row, dataset: str, data, seed: int, budget: Budget, device) -> tu
             "history": result.history.query("metric != 'seconds'").to_dict(orient="records")}
     if result.best_epoch == 0:
         return None, info
-    from mamo_lite.meta.engine import predict
-
-    test = subset_users(data.tasks("test"), budget.max_test_users, seed)
-    pred = predict(learner, test.to(next(learner.parameters()).device), chunk=budget.eval_chunk).cpu()
-    if not bool(torch.isfinite(pred[test.query_mask]).all()):
-        raise NonFinitePredictionError("adapted test predictions are not finite")
-    return pred, info
+    return adapted_predictions(learner, test, chunk=budget.eval_chunk), info
 
 
 def _search(row: Row, data, budget: Budget, device) -> tuple[dict[str, Any], list[dict]]:
@@ -256,7 +249,7 @@ def run_cell(label: str, dataset: str, seed: int, budget: Budget | str = "book",
         elif row.kind == "plain":
             pred, info = _plain(row, data, train, test, seed, budget, device)
         elif row.kind == "meta":
-            pred, info = _meta(row, dataset, data, seed, budget, device)
+            pred, info = _meta(row, dataset, data, test, seed, budget, device)
         else:
             raise ValueError(f"unknown row kind {row.kind!r}")
     except NonFinitePredictionError as e:

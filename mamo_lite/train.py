@@ -38,7 +38,7 @@ from mamo_lite.meta.engine import MetaLearner, Path, make_optimizer, meta_step, 
 from mamo_lite.utils import progress as progress_bar
 from mamo_lite.utils import resolve_device, seed_everything
 
-__all__ = ["DIVERGENCE_LOSS", "FitResult", "NonFinitePredictionError", "divergence_message", "evaluate_learner", "fit", "shown_loss",
+__all__ = ["DIVERGENCE_LOSS", "FitResult", "NonFinitePredictionError", "adapted_predictions", "divergence_message", "evaluate_learner", "fit", "shown_loss",
            "subset_users", "val_metrics"]
 
 HISTORY_COLUMNS = ["epoch", "split", "metric", "value"]
@@ -277,6 +277,25 @@ def fit(
                      diverged=diverged, diverged_epoch=epoch if diverged else None)
 
 
+def adapted_predictions(learner: MetaLearner, batch: TaskBatch, *, path: Path = "vmap", chunk: int = 256,
+                        steps: int | None = None) -> torch.Tensor:
+    """Query predictions ``[B, Q]`` (on the CPU) after local adaptation, on the learner's device (Algorithm 2).
+
+    Raises :class:`NonFinitePredictionError` if any prediction of a real query rating is NaN or ±inf.
+    """
+    dev = next(learner.parameters()).device
+    learner.eval()
+    pred = predict(learner, batch.to(dev), path=path, chunk=chunk, steps=steps).cpu()
+    real = batch.query_mask.cpu()
+    bad = int((~torch.isfinite(pred[real])).sum())
+    if bad:
+        raise NonFinitePredictionError(
+            f"{bad} of {int(real.sum())} adapted predictions are not finite (NaN or inf): the local adaptation "
+            f"diverges (after {'the learner' + chr(39) + 's own' if steps is None else steps} local steps); use fewer "
+            "steps or a smaller local_lr")
+    return pred
+
+
 def evaluate_learner(learner: MetaLearner, batch: TaskBatch, *, method: str, dataset: str, seed: int,
                      steps: int | None = None, path: Path = "vmap", chunk: int = 256,
                      **metric_kw: Any) -> pd.DataFrame:
@@ -290,15 +309,6 @@ def evaluate_learner(learner: MetaLearner, batch: TaskBatch, *, method: str, dat
     Raises :class:`NonFinitePredictionError` if any prediction of a real query rating is NaN or ±inf
     (clipping to the rating scale would otherwise turn an exploded adaptation into a plausible score).
     """
-    dev = next(learner.parameters()).device
-    learner.eval()
-    pred = predict(learner, batch.to(dev), path=path, chunk=chunk, steps=steps).cpu()
-    real = batch.query_mask.cpu()
-    bad = int((~torch.isfinite(pred[real])).sum())
-    if bad:
-        raise NonFinitePredictionError(
-            f"{bad} of {int(real.sum())} adapted predictions are not finite (NaN or inf): the local adaptation "
-            f"diverges (after {'the learner' + chr(39) + 's own' if steps is None else steps} local steps); use fewer "
-            "steps or a smaller local_lr")
+    pred = adapted_predictions(learner, batch, path=path, chunk=chunk, steps=steps)
     return scenario_metrics(pred, batch.to("cpu"), method=method, dataset=dataset, seed=seed,
                             rating_range=learner.model.spec, **metric_kw)
