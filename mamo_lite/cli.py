@@ -65,6 +65,12 @@ rows: global median, global mean, item mean, user support mean (constants), DNN,
   epoch, epochs run, divergence) and its provenance (commit, device, versions, data checksums,
   budget). A cell whose inputs changed is recomputed. Rows with a grid (MAML's ρ, MetaCS-DNN's λ,
   RUM's A.2.2 grid) first choose their values on seed 0's validation users: <dataset>/<row>/grid.json.
+
+fig2: MAMO's parameter sensitivity on MovieLens-1M (train ratio, support size, layers, embedding
+  size, alpha, beta, rho, lambda, and the local update), one point per value and seed in
+  results/fig2/<panel>/<value>/seed<k>.json. fig4: convergence of DNN, NMF and MAMO at support sizes
+  5 and 10 (validation MAE per epoch; test MAE per local step) in results/fig4/<method>/s<size>/.
+  The figures' "book" budget trains on 1000 training users for at most 8 epochs (see mamo_lite.studies).
 """
 
 RESUME_HELP = """\
@@ -352,14 +358,18 @@ def _parser() -> argparse.ArgumentParser:
                                    "cell, then gather them into OUT/table1.csv and OUT/table1.json. Finished "
                                    "cells are read back, not recomputed: an interrupted run continues where it "
                                    "stopped.", epilog=REPRODUCE_HELP)
-    r.add_argument("what", choices=("table1",), help="what to reproduce (table1; the figures are to come)")
+    r.add_argument("what", choices=("table1", "fig2", "fig4"),
+                   help="table1 (the paper's Table 1), fig2 (parameter sensitivity) or fig4 (convergence)")
     r.add_argument("--datasets", nargs="+", choices=DATASETS, default=["movielens-1m", "book-crossing"],
                    metavar="DATASET", help="default: movielens-1m book-crossing")
     r.add_argument("--rows", nargs="+", metavar="ROW", help="table rows (default: all; see below)")
-    r.add_argument("--seeds", type=_int, default=5, help="seeds 0 … N-1 (default: 5)")
+    r.add_argument("--panels", nargs="+", metavar="PANEL", help="fig2 panels (default: all; see below)")
+    r.add_argument("--methods", nargs="+", metavar="METHOD", help="fig4 methods: DNN NMF MAMO (default: all)")
+    r.add_argument("--support", nargs="+", type=_int, metavar="N", help="fig4 support sizes (default: 5 10)")
+    r.add_argument("--seeds", type=_int, default=None, help="seeds 0 … N-1 (default: 5 for table1, 3 for figures)")
     r.add_argument("--budget", choices=("smoke", "book", "full"), default="book",
-                   help="epochs, patience and users per cell (default: book)")
-    r.add_argument("--out", default="results/table1", help="results folder (default: results/table1)")
+                   help="epochs, patience and users per cell (default: book; full is table1's only)")
+    r.add_argument("--out", default=None, help="results folder (default: results/WHAT)")
     r.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: only in a terminal)")
@@ -764,23 +774,59 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from mamo_lite.reproduce import ROWS, table1
     from mamo_lite.utils import resolve_device
 
+    misplaced = {"--rows": args.rows and args.what != "table1", "--panels": args.panels and args.what != "fig2",
+                 "--methods": args.methods and args.what != "fig4", "--support": args.support and args.what != "fig4"}
+    for flag, wrong in misplaced.items():
+        if wrong:
+            raise CLIError(f"{flag} does not apply to `reproduce {args.what}`")
     unknown = [r for r in args.rows or [] if r not in ROWS]
     if unknown:
         raise CLIError(f"unknown row(s) {unknown}; choose from: {', '.join(repr(r) for r in ROWS)}")
-    if args.seeds < 1:
-        raise CLIError(f"--seeds must be ≥ 1, got {args.seeds}")
+    seeds = args.seeds if args.seeds is not None else (5 if args.what == "table1" else 3)
+    if seeds < 1:
+        raise CLIError(f"--seeds must be ≥ 1, got {seeds}")
+    if args.what != "table1" and args.budget == "full":
+        raise CLIError(f"--budget full is for table1; {args.what} has smoke and book")
     try:
         device = resolve_device(args.device)
     except ValueError as e:
         raise CLIError(str(e)) from None
-    out = Path(args.out)
+    out = Path(args.out or f"results/{args.what}")
     _check_writable(out, "--out")
-    table = table1(args.datasets, args.rows, range(args.seeds), args.budget, out=out, device=device,
+    if args.what != "table1":
+        return _reproduce_figure(args, seeds, out, device)
+    table = table1(args.datasets, args.rows, range(seeds), args.budget, out=out, device=device,
                    show_progress=args.progress)
     shown = table[table["metric"].isin(["MAE", "NDCG@3", "spread"])]
     summary = shown.groupby(["dataset", "method", "scenario", "metric"], sort=False)["value"].agg(["mean", "std"])
     print(summary.round(4).to_string())
     print(f"\nwrote {out / 'table1.csv'} and {out / 'table1.json'} ({len(table)} rows)")
+    return 0
+
+
+def _reproduce_figure(args: argparse.Namespace, seeds: int, out: Path, device) -> int:
+    from mamo_lite import studies
+
+    if args.what == "fig2":
+        unknown = [p for p in args.panels or [] if p not in studies.FIG2]
+        if unknown:
+            raise CLIError(f"unknown panel(s) {unknown}; choose from: {', '.join(repr(p) for p in studies.FIG2)}")
+        df = studies.fig2(args.panels, range(seeds), args.budget, out=out, device=device, show_progress=args.progress)
+        shown = df[(df["scenario"] == "all") & df["metric"].isin(["MAE", "NDCG@3", "spread"])]
+        summary = shown.groupby(["panel", "x", "metric"], sort=False)["value"].agg(["mean", "std"]).unstack("metric")
+    else:
+        bad = [m for m in args.methods or [] if m not in studies.FIG4_METHODS]
+        if bad:
+            raise CLIError(f"unknown method(s) {bad}; choose from: {', '.join(studies.FIG4_METHODS)}")
+        bad = [s for s in args.support or [] if not 1 <= s <= 15]
+        if bad:
+            raise CLIError(f"--support sizes must be 1-15 (the query set is the last 5 of 20 ratings), got {bad}")
+        df = studies.fig4(args.methods or studies.FIG4_METHODS, args.support or studies.FIG4_SUPPORT, range(seeds),
+                          args.budget, out=out, device=device, show_progress=args.progress)
+        shown = df[(df["group"] == "all") & df["step"].isin([0, 1, 5, 10])]
+        summary = shown.groupby(["method", "support", "step"], sort=False)["MAE"].agg(["mean", "std"]).unstack("step")
+    print(summary.round(4).to_string())
+    print(f"\nwrote {out}")
     return 0
 
 

@@ -225,14 +225,17 @@ def _search(row: Row, data, budget: Budget, device) -> tuple[dict[str, Any], lis
 
 
 def run_cell(label: str, dataset: str, seed: int, budget: Budget | str = "book", *, data=None,
-             device: str | torch.device = "cpu", chosen: dict[str, Any] | None = None) -> dict:
+             device: str | torch.device = "cpu", chosen: dict[str, Any] | None = None,
+             row: Row | None = None) -> dict:
     """Compute one cell: ``{"rows": tidy metric rows, "info": what the run did}`` (see the module doc).
 
-    ``chosen``: the values of the row's ``grid`` picked on validation users (:func:`tune`).
+    ``chosen``: the values of the row's ``grid`` picked on validation users (:func:`tune`). ``row``: run
+    this :class:`Row` under the name ``label`` instead of ``ROWS[label]`` (the parameter studies of
+    :mod:`mamo_lite.studies` vary one setting of a row this way).
     """
     from mamo_lite.data import load
 
-    row = ROWS[label]
+    row = row if row is not None else ROWS[label]
     if (row.grid or row.search) and chosen is None:
         raise ValueError(f"row {label!r} has a grid: pass the validated values (chosen=, see tune())")
     if chosen:
