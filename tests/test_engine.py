@@ -13,9 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import tiny_batch, tiny_learner, tiny_spec
+from torch.func import functional_call
 
 from mamo_lite.meta import (
     MetaConfig,
+    MetaLearner,
     adapt,
     make_optimizer,
     map_users,
@@ -23,6 +25,7 @@ from mamo_lite.meta import (
     meta_step,
     predict,
 )
+from mamo_lite.meta.engine import gather_rows
 from mamo_lite.methods import METHODS, build_learner, method_configs
 from mamo_lite.models.recommender import GROUPS
 
@@ -317,6 +320,92 @@ def test_cpu_reruns_are_bit_identical(method):
     for (n, p), q, p0 in zip(a.model.named_parameters(), b.model.parameters(), init.model.parameters()):
         assert torch.equal(p, q), n
     assert any(not torch.equal(p, p0) for p, p0 in zip(a.model.parameters(), init.model.parameters()))
+
+
+# -- gathered embedding rows == the plain path ----------------------------------------------------
+
+# MAMO as its authors' code runs it (every group local, so its embedding tables are adapted per user;
+# cf. mamo_lite.reproduce.MAMO_AS_CODED) on a tiny network.
+TINY_MAMO_AUTHORS = {"embed_dim": 3, "field_dim": 2, "tower_layers": 1, "decision_hidden": (4,), "preference": "code",
+                     "head": "classification", "tau": 0.01, "local_groups": GROUPS, "gradient_params": "weights",
+                     "reduction": "sum"}
+GATHER_CASES = {
+    "maml": ("maml", {}),
+    "maml-classification": ("maml", {"head": "classification"}),
+    "maml-per-item": ("maml", {"local_update": "per-item"}),
+    "metacs-dnn": ("metacs-dnn", {}),
+    "melu": ("melu", {}),  # no local table: the option changes nothing
+    "mamo-authors": ("mamo", TINY_MAMO_AUTHORS),
+}
+
+
+def _gather_learner(case: str, first_order: bool) -> MetaLearner:
+    method, extra = GATHER_CASES[case]
+    common = {"inner_steps": 2, "local_lr": 0.1, "first_order": first_order}
+    if method == "mamo":
+        torch.manual_seed(0)
+        return build_learner("mamo", SPEC, overrides={**common, **extra})
+    return tiny_learner(method, **common, **extra)
+
+
+@pytest.mark.parametrize("path", ["vmap", "loop"])
+@pytest.mark.parametrize("first_order", [True, False], ids=["first", "second"])
+@pytest.mark.parametrize("case", list(GATHER_CASES))
+def test_gathered_rows_equal_the_plain_path(float64, case, first_order, path):
+    """``gather_rows``: the same query losses, meta-gradients (Eq. 12), memory writes and predictions."""
+    learner = _gather_learner(case, first_order)
+    batch = tiny_batch(SPEC, n_users=4, masks="ragged", seed=21)
+    assert learner.gather_rows is False  # opt-in
+    plain = meta_gradient(learner, batch, path=path, with_aux=True)
+    plain_pred = predict(learner, batch, path=path)
+    learner.gather_rows = True
+    gathered = meta_gradient(learner, batch, path=path, with_aux=True)
+    gathered_pred = predict(learner, batch, path=path)
+    for a, b in zip(gathered, plain):  # grads, per-user query losses, aux
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(gathered_pred, plain_pred, rtol=1e-10, atol=1e-13)
+    tables = learner.model.names_in(("profile",))
+    if "profile" in learner.config.local_groups:  # not a comparison of zeros
+        assert all(plain[0][n].abs().sum() > 0 for n in tables)
+
+
+def test_gather_rows_keeps_only_the_touched_rows():
+    learner = tiny_learner("maml")
+    model, task = learner.model, tiny_batch(SPEC, n_users=2, seed=22).task(1)
+    params = {n: p.detach() for n, p in learner.params().items()}
+    fast, new_task = gather_rows(model, dict(params), task)
+    S, Q = task["support_y"].shape[0], task["query_y"].shape[0]
+    # one row per read (+ row 0), not the table: e.g. the director table has vocab 5 here but S·3 + Q·3 + 1 reads
+    assert fast["user_profile.gender.weight"].shape == (2, 2)
+    assert fast["item_profile.director.weight"].shape == ((S + Q) * 3 + 1, 2)
+    assert fast["item_profile.rate.weight"].shape == (S + Q + 1, 2)
+    for which in ("support_x", "query_x"):  # the padding mask idx > 0 is unchanged
+        for name in ("genre", "director"):
+            assert torch.equal(new_task[which][name] > 0, task[which][name] > 0)
+    # the re-indexed task reads exactly the rows the full table gave
+    full = model(task["user_x"], task["query_x"])
+    torch.testing.assert_close(functional_call(model, fast, (new_task["user_x"], new_task["query_x"])), full)
+    # global tables keep their indices: MeLU adapts no table, so nothing changes
+    melu = tiny_learner("melu")
+    local = {n: p.detach() for n, p in melu.params().items() if n in melu.local_names()}
+    same_fast, same_task = gather_rows(melu.model, local, task)
+    assert same_fast == local and same_task is task
+
+
+def test_the_option_reaches_both_per_user_algorithms(monkeypatch):
+    from mamo_lite.meta import engine
+
+    calls = []
+    monkeypatch.setattr(engine, "gather_rows", lambda *a: calls.append(1) or gather_rows(*a))
+    learner = tiny_learner("maml")
+    batch = tiny_batch(SPEC, n_users=3, seed=23)
+    meta_gradient(learner, batch, path="loop")
+    predict(learner, batch, path="loop")
+    assert not calls
+    learner.gather_rows = True
+    meta_gradient(learner, batch, path="loop")
+    predict(learner, batch, path="loop")
+    assert len(calls) == 6
 
 
 # -- configurations and their errors --------------------------------------------------------------
