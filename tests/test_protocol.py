@@ -41,6 +41,13 @@ from mamo_lite.data.parsers import (
     parse_movielens_1m,
     parse_movielens_100k,
 )
+from mamo_lite.data.protocol import (
+    PROTOCOLS,
+    GreatMetaProtocol,
+    make_protocol,
+    protocol_from_dict,
+    split_users_by_ratio,
+)
 
 # The Book-Crossing fixture rates ISBN 0000000002 twice for user 10 (an implicit 0, then an 8): the
 # parser keeps the later row and warns; test_bad_inputs_data checks that warning.
@@ -414,3 +421,209 @@ def test_book_crossing_load(fixture_registry):
     c = data.provenance["counts"]
     assert (c["ratings_in_files"], c["users_kept"]) == (26, 5)
     assert any("21 kept" in n for n in data.provenance["notes"])
+
+
+# ------------------------------------------------------------------------- GreatMeta's protocol
+# Parsed ratings per user in the ML-1M fixture (860 merged into 811): 1: 5, 2: 4, 3: 4, 4: 3, 5: 5, 6: 4.
+# Time order: user 2 rates 1, 4, 2, 3; user 3 rates 2, 811, 1, 4; user 4 rates 1, 2, 3 (5, 4, 3 stars);
+# user 6 rates 1, 2, 3, 811.
+
+GM_SMALL = GreatMetaProtocol(min_ratings=3, max_ratings=None, n_query=1, split_ratios=(0.5, 0.2, 0.3))
+
+
+def gm(protocol: GreatMetaProtocol = GM_SMALL, seed: int = 0) -> ColdStartData:
+    return ColdStartData.from_raw(parse_movielens_1m(paths(ML1M_FILES)), protocol, seed)
+
+
+def test_mamo_protocol_repr_is_the_committed_one():
+    """Chapter 1's committed output prints the resolved default Protocol; the GreatMeta option must not change it."""
+    assert repr(Protocol().resolved("movielens-1m")) == (
+        "Protocol(min_ratings=20, n_keep=20, n_support=15, n_query=5, user_split='date', split_time='2000-12-03', "
+        "split_quantile=0.8, cold_user_fraction=0.1, item_cold_max=10, test_fraction=0.2, val_fraction=0.1)")
+    assert "kind" not in Protocol().to_dict()  # MAMO's cache keys and provenance stay as they were
+
+
+def test_greatmeta_defaults_and_named_protocols():
+    p = make_protocol("greatmeta")
+    assert p == GreatMetaProtocol() and PROTOCOLS["greatmeta"] is GreatMetaProtocol
+    assert (p.min_ratings, p.max_ratings, p.n_query, p.split_ratios) == (40, 200, 10, (0.7, 0.1, 0.2))
+    assert make_protocol(None) == Protocol() == make_protocol("mamo") == make_protocol(" MAMO ")
+    assert make_protocol(GM_SMALL) is GM_SMALL and p.resolved("book-crossing", time_based=False) is p
+    assert p.to_dict() == {"kind": "greatmeta", "min_ratings": 40, "max_ratings": 200, "n_query": 10,
+                           "split_ratios": (0.7, 0.1, 0.2)}
+    assert protocol_from_dict(p.to_dict()) == p and GreatMetaProtocol.from_dict(p.to_dict()) == p
+    assert protocol_from_dict(Protocol(n_support=10).to_dict()) == Protocol(n_support=10)
+    assert protocol_from_dict({"kind": "mamo", "n_query": 4}) == Protocol(n_query=4)
+    # a list (from JSON) becomes the tuple
+    assert make_protocol({"kind": "greatmeta", "split_ratios": [0.8, 0.1, 0.1]}).split_ratios == (0.8, 0.1, 0.1)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"min_ratings": 1}, r"GreatMetaProtocol.min_ratings must be >= 2 \(a user needs a support and a query"),
+    ({"min_ratings": 40.0}, r"GreatMetaProtocol.min_ratings must be an integer, got 40.0"),
+    ({"n_query": 0}, r"GreatMetaProtocol.n_query must be >= 1, got 0"),
+    ({"n_query": 40}, r"GreatMetaProtocol.n_query must be < min_ratings .*n_query=40 >= min_ratings=40"),
+    ({"max_ratings": 39}, r"GreatMetaProtocol.max_ratings must be >= 40 \(= min_ratings\), or None"),
+    ({"split_ratios": (0.7, 0.2, 0.2)}, (r"split_ratios must be three fractions .* summing to 1, e.g. \(0.7, 0.1, "
+                                        r"0.2\); got \(0.7, 0.2, 0.2\)")),
+    ({"split_ratios": (0.0, 0.5, 0.5)}, r"split_ratios must be three fractions \(train > 0"),
+    ({"split_ratios": (0.7, -0.1, 0.4)}, r"split_ratios must be three fractions"),
+    ({"split_ratios": (0.8, 0.2)}, r"split_ratios must be three fractions"),
+    ({"split_ratios": (0.7, 0.1, float("nan"))}, r"split_ratios must be three fractions"),
+    ({"split_ratios": "0.7/0.1/0.2"}, r"split_ratios must be three fractions"),
+])
+def test_nonsense_greatmeta_parameters(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GreatMetaProtocol(**kwargs)
+
+
+def test_unknown_protocol_names_and_kinds():
+    with pytest.raises(ValueError, match=r"unknown protocol 'melu'; choose one of \['greatmeta', 'mamo'\]"):
+        make_protocol("melu")
+    with pytest.raises(ValueError, match=r"unknown protocol kind 'melu'"):
+        protocol_from_dict({"kind": "melu"})
+    with pytest.raises(ValueError, match=r"unknown GreatMetaProtocol parameter\(s\) \['n_support'\]"):
+        protocol_from_dict({"kind": "greatmeta", "n_support": 5})
+    with pytest.raises(ValueError, match=r"protocol must be None, a name .* got int"):
+        make_protocol(3)
+
+
+def test_split_by_ratio_counts_as_recbole():
+    # ML-100K under GreatMeta's filter keeps 497 users: floor(49.7) = 49 val, floor(99.4) = 99 test, 349 train
+    # (the authors' run has 349 training users); round() would give 50 and 348.
+    s = split_users_by_ratio(np.arange(497), (0.7, 0.1, 0.2), seed=0)
+    assert [len(s[k]) for k in ("train", "val", "test")] == [349, 49, 99]
+    assert sorted(np.concatenate(list(s.values())).tolist()) == list(range(497))
+    s = split_users_by_ratio(np.arange(10), (0.7, 0.1, 0.2), seed=0)
+    assert [len(s[k]) for k in ("train", "val", "test")] == [7, 1, 2]
+    # a positive ratio gets at least one user; a zero one none
+    assert [len(v) for v in split_users_by_ratio(np.arange(3), (0.4, 0.3, 0.3), 0).values()] == [1, 1, 1]
+    assert [len(v) for v in split_users_by_ratio(np.arange(3), (0.7, 0.0, 0.3), 0).values()] == [2, 0, 1]
+    a, b = split_users_by_ratio(np.arange(100), (0.7, 0.1, 0.2), 0), split_users_by_ratio(np.arange(100), (0.7, 0.1, 0.2), 1)
+    assert not np.array_equal(a["test"], b["test"])
+    with pytest.raises(DataError, match=r"kept 2 user\(s\); split_ratios=\(0.4, 0.3, 0.3\) leaves no training user"):
+        split_users_by_ratio(np.arange(2), (0.4, 0.3, 0.3), 0)
+
+
+def test_greatmeta_keeps_users_in_the_rating_range():
+    data = gm(GreatMetaProtocol(min_ratings=4, max_ratings=4, n_query=1, split_ratios=(0.4, 0.3, 0.3)))
+    assert data.users["user"].tolist() == [2, 3, 6]  # exactly 4 ratings: 1 and 5 have 5, 4 has 3
+    assert data.items.set_index("item")["n_ratings"].to_dict() == {1: 3, 2: 3, 3: 2, 4: 2, 811: 2}
+    assert [len(data.splits[k]) for k in ("train", "val", "test")] == [1, 1, 1]
+    data = gm()  # 3 … ∞: every user
+    assert data.users["user"].tolist() == [1, 2, 3, 4, 5, 6] and len(data.ratings) == 25
+    assert data.users["n_ratings"].tolist() == [5, 4, 4, 3, 5, 4]
+    # 6 users: floor(1.2) = 1 val, floor(1.8) = 1 test, 4 train
+    assert [len(data.splits[k]) for k in ("train", "val", "test")] == [4, 1, 1]
+    with pytest.raises(DataError, match=r"no user has GreatMetaProtocol.min_ratings=40 … max_ratings=200 ratings "
+                                        r"\(users have 3–5\); widen the range"):
+        gm(GreatMetaProtocol())
+
+
+def test_greatmeta_query_is_a_seeded_random_draw_and_support_the_rest():
+    data = gm()
+    r = data.ratings
+    assert (r.groupby("user")["set"].apply(lambda s: (s == "query").sum()) == 1).all()
+    assert by_user(data, "support", "position") == {1: [0, 1, 2, 3], 2: [0, 1, 2], 3: [0, 1, 2], 4: [0, 1],
+                                                    5: [0, 1, 2, 3], 6: [0, 1, 2]}
+    assert by_user(data, "query", "position") == {1: [4], 2: [3], 3: [3], 4: [2], 5: [4], 6: [3]}
+    # support + query = all of a user's ratings
+    every = {u: sorted(g["item"]) for u, g in r.groupby("user")}
+    assert every == {1: [1, 2, 3, 4, 811], 2: [1, 2, 3, 4], 3: [1, 2, 4, 811], 4: [1, 2, 3], 5: [1, 2, 3, 4, 811],
+                     6: [1, 2, 3, 811]}
+    # the documented draw: user 2's time-ordered items 1, 4, 2, 3 take positions default_rng((seed, 2)).permutation(4)
+    for seed in (0, 1, 2):
+        perm = np.random.default_rng((seed, 2)).permutation(4)
+        assert by_user(gm(seed=seed), "query")[2] == [[1, 4, 2, 3][int(np.argmax(perm))]]
+    # random, not the last in time: over 40 seeds every one of user 2's items is drawn as the query at least once
+    drawn = {by_user(gm(seed=s), "query")[2][0] for s in range(40)}
+    assert drawn == {1, 2, 3, 4}
+    assert by_user(gm(seed=0), "query") == by_user(data, "query")  # seeded
+    # a user's draw does not depend on which other users are kept
+    narrow = gm(GreatMetaProtocol(min_ratings=4, max_ratings=4, n_query=1, split_ratios=(0.4, 0.3, 0.3)))
+    assert by_user(narrow, "query") == {u: q for u, q in by_user(data, "query").items() if u in (2, 3, 6)}
+    # ratings keep their own scale and order column
+    assert set(r["rating"]) <= {1.0, 2.0, 3.0, 4.0, 5.0} and data.spec.rating_max == 5.0
+
+
+def test_greatmeta_labels_every_rating_c_w():
+    data = gm()
+    assert data.users["cold"].all() and not data.items["cold"].any()
+    assert set(data.ratings["scenario"]) == {CW}
+    c = data.provenance["counts"]
+    assert (c["users_cold"], c["users_warm"], c["items_cold"], c["query_C-W"], c["query_W-W"]) == (6, 0, 0, 6, 0)
+    assert (c["support_min"], c["support_median"], c["support_max"]) == (2, 3.0, 4)
+    assert data.provenance["split_time_utc"] is None
+
+
+def test_greatmeta_tasks_are_padded_and_masked():
+    data = gm()
+    b = data.tasks("all")
+    assert b.user_ids.tolist() == [1, 2, 3, 4, 5, 6]
+    # support sizes 4, 3, 3, 2, 4, 3: padded to 4
+    assert b.support_y.shape == (6, 4) and b.support_x["cat"].shape == (6, 4, 2)
+    assert b.support_x["genre"].shape == (6, 4, 3) and b.query_y.shape == (6, 1)
+    assert b.support_mask.sum(1).tolist() == [4, 3, 3, 2, 4, 3] and b.query_mask.all()
+    assert b.support_mask[3].tolist() == [True, True, False, False]
+    for u, row in zip([1, 2, 3, 4, 5, 6], range(6), strict=True):
+        n = int(b.support_mask[row].sum())
+        assert b.support_item_ids[row, :n].tolist() == by_user(data, "support")[u]
+        assert b.support_y[row, :n].tolist() == by_user(data, "support", "rating")[u]
+        assert b.query_item_ids[row].tolist() == by_user(data, "query")[u]
+        # padding: zeros everywhere
+        assert not b.support_y[row, n:].any() and not b.support_item_ids[row, n:].any()
+        assert not b.support_x["cat"][row, n:].any() and not b.support_x["genre"][row, n:].any()
+    # user 4 rated items 1, 2, 3 with 5, 4, 3 stars: the two support ratings are two of them
+    items4, y4 = b.support_item_ids[3, :2].tolist(), b.support_y[3, :2].tolist()
+    assert all({1: 5.0, 2: 4.0, 3: 3.0}[i] == y for i, y in zip(items4, y4, strict=True))
+    assert b.user_cold.all() and (b.query_scenario == CW).all()
+    # a split is padded to its own largest support set
+    test = data.tasks("test")
+    assert test.support_y.shape[1] == int(test.support_mask.sum(1).max())
+
+
+def test_greatmeta_summary():
+    v = gm().summary()["value"]
+    assert v.index[0] == "release" and v["protocol"] == "GreatMeta (user cold-start only)"
+    assert v["users kept (≥ 3 ratings)"] == 6
+    assert (v["support size min"], v["support size median"], v["support size max"]) == (2, 3.0, 4)
+    assert (v["train users"], v["val users"], v["test users"]) == (4, 1, 1)
+    assert v["split ratios (train/val/test)"] == "0.5/0.2/0.3"
+    assert gm(GreatMetaProtocol(min_ratings=4, max_ratings=4, n_query=1, split_ratios=(0.4, 0.3, 0.3))).summary().loc[
+        "users kept (4–4 ratings)", "value"] == 3
+
+
+def test_greatmeta_load_and_cache_round_trip(fixture_registry, monkeypatch):
+    cache = fixture_registry
+    a = load("ml-1m", protocol=GM_SMALL, cache=cache)
+    assert isinstance(a.protocol, GreatMetaProtocol)
+
+    def broken(*args, **kwargs):
+        raise AssertionError("a cache hit must not parse the raw files")
+
+    with monkeypatch.context() as m:
+        m.setitem(PARSERS, "movielens-1m", broken)
+        b = load("movielens-1m", protocol=GM_SMALL.to_dict(), cache=cache)
+    assert b.protocol == a.protocol and isinstance(b.protocol.split_ratios, tuple)
+    assert b.provenance == a.provenance and b.ratings.equals(a.ratings) and b.users.equals(a.users)
+    assert torch.equal(b.tasks("all").support_mask, a.tasks("all").support_mask)
+    # MAMO's protocol on the same files is another cache entry
+    load("ml-1m", protocol=SMALL, cache=cache)
+    assert len(cache_files(cache)) == 2
+    with pytest.raises(DataError, match="no user has GreatMetaProtocol.min_ratings=40"):
+        load("ml-1m", protocol="greatmeta", cache=cache)
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("MAMO_LITE_DATA"),
+                    reason="real data: set MAMO_LITE_DATA (e.g. ../shared/data)")
+def test_greatmeta_on_movielens_100k_matches_the_authors_counts():
+    """The authors' run keeps 497 users and 47,968 ratings of ML-100K and trains on 349 users (notes §3.2, §3.10)."""
+    data = load("movielens-100k", protocol="greatmeta", download=False, cache=False)
+    c = data.provenance["counts"]
+    assert (c["users_kept"], c["ratings_tasks"], c["users_train"], c["users_val"], c["users_test"]) == (
+        497, 47968, 349, 49, 99)
+    assert (c["support_min"], c["support_max"]) == (30, 190)
+    b = data.tasks("test")
+    assert b.query_mask.shape == (99, 10) and b.query_mask.all()
+    assert int(b.support_mask.sum()) + int(b.query_mask.sum()) == int(data.users.set_index("user").loc[
+        data.splits["test"], "n_ratings"].sum())

@@ -1,9 +1,10 @@
-"""Load a dataset under MAMO's protocol: raw files → :class:`ColdStartData`, cached on disk.
+"""Load a dataset under a cold-start protocol: raw files → :class:`ColdStartData`, cached on disk.
 
 ``load("movielens-1m")`` verifies (and where allowed downloads) the raw files through the registry,
 parses them (:mod:`~mamo_lite.data.parsers`), applies the cold-start protocol
-(:mod:`~mamo_lite.data.protocol`) and returns a :class:`ColdStartData`, whose
-:meth:`~ColdStartData.tasks` gives the padded :class:`~mamo_lite.data.tasks.TaskBatch` of a split.
+(:mod:`~mamo_lite.data.protocol`: MAMO's by default, GreatMeta's with ``protocol="greatmeta"``) and
+returns a :class:`ColdStartData`, whose :meth:`~ColdStartData.tasks` gives the padded
+:class:`~mamo_lite.data.tasks.TaskBatch` of a split.
 
 The processed result is cached under ``registry.cache_dir()/processed/``, keyed by the raw files'
 sha256, the resolved protocol, the seed, the parser options and :data:`FORMAT_VERSION`.
@@ -37,7 +38,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .protocol import Protocol, apply_protocol
+from .protocol import (
+    AnyProtocol,
+    GreatMetaProtocol,
+    Protocol,
+    apply_protocol,
+    make_protocol,
+    protocol_from_dict,
+)
 from .raw import RawTables
 from .tasks import SCENARIOS, FeatureSpec, TaskBatch
 
@@ -62,12 +70,14 @@ def _module(name: str):
 
 @dataclass(eq=False)
 class ColdStartData:
-    """A dataset after MAMO's cold-start protocol.
+    """A dataset after a cold-start protocol (MAMO's :class:`~mamo_lite.data.protocol.Protocol` or
+    :class:`~mamo_lite.data.protocol.GreatMetaProtocol`).
 
     * ``ratings``: the task table, one row per support/query rating of every kept user, sorted by
-      user and ``position`` (0 … n_keep-1 in ``order``): ``user, item, rating, order, position,
-      set`` (``support``/``query``), ``user_cold, item_cold, scenario`` (index into ``SCENARIOS``)
-      and ``split`` (``train``/``val``/``test``);
+      user and ``position`` (MAMO: 0 … n_keep-1 in ``order``; GreatMeta: the rank in the user's
+      random order, query last): ``user, item, rating, order, position, set``
+      (``support``/``query``), ``user_cold, item_cold, scenario`` (index into ``SCENARIOS``) and
+      ``split`` (``train``/``val``/``test``);
     * ``users`` / ``items``: profiles of the kept users / items, raw columns plus ``<field>_idx``
       (encoded; 0 = unknown; multi fields as padded tuples), ``n_ratings`` (users: all parsed
       ratings; items: ratings in the trimmed table), ``cold`` and, for users, ``first_order`` and
@@ -79,7 +89,7 @@ class ColdStartData:
 
     name: str
     spec: FeatureSpec
-    protocol: Protocol
+    protocol: AnyProtocol
     seed: int
     release: str
     provenance: dict
@@ -92,10 +102,11 @@ class ColdStartData:
 
     # ------------------------------------------------------------------------------- building
     @classmethod
-    def from_raw(cls, raw: RawTables, protocol: Protocol | None = None, seed: int = 0, *,
+    def from_raw(cls, raw: RawTables, protocol: AnyProtocol | dict | str | None = None, seed: int = 0, *,
                  options: dict | None = None) -> ColdStartData:
-        """Apply ``protocol`` (dataset defaults filled in) to parsed tables; nothing is cached."""
-        protocol = (protocol or Protocol()).resolved(raw.name, time_based=raw.time_based)
+        """Apply ``protocol`` (dataset defaults filled in; see :func:`~mamo_lite.data.protocol.make_protocol`)
+        to parsed tables; nothing is cached."""
+        protocol = make_protocol(protocol).resolved(raw.name, time_based=raw.time_based)
         out = apply_protocol(raw, protocol, seed)
         parsed = (len(raw.users), len(raw.items), len(raw.ratings))
         roles = _FILE_ROLES.get(raw.name, ())
@@ -126,8 +137,11 @@ class ColdStartData:
     def tasks(self, split: str = "train") -> TaskBatch:
         """The padded tasks of ``split`` (``train``, ``val``, ``test`` or ``all``), users sorted by id.
 
-        CPU tensors; built once per split and cached on this object. Every kept user has exactly
-        ``n_support`` support and ``n_query`` query ratings, so all masks are ``True``.
+        CPU tensors; built once per split and cached on this object. Under MAMO's protocol every kept
+        user has exactly ``n_support`` support and ``n_query`` query ratings, so all masks are ``True``.
+        Under GreatMeta's, support sets differ in size: they are padded to the split's largest (item
+        feature index 0, rating 0, item id 0, scenario 0) and ``support_mask`` marks the real slots;
+        slots keep each user's ``position`` order.
         """
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
@@ -138,33 +152,46 @@ class ColdStartData:
         b = len(ids)
         r = self.ratings if split == "all" else self.ratings[self.ratings["split"] == split]
         item_row = pd.Index(self.items["item"]).get_indexer(r["item"])
+        owner_all = pd.Index(ids).get_indexer(r["user"])
         item_cat = self.items[[f"{f.name}_idx" for f in self.spec.item_categorical]].to_numpy(
             dtype=np.int64, copy=True)
         multi = {f.name: np.array(self.items[f"{f.name}_idx"].tolist(), dtype=np.int64)
                  for f in self.spec.item_multi}
+        fixed = isinstance(self.protocol, Protocol)
 
-        def part(which: str, n: int):
+        def part(which: str, n: int | None):
             sel = (r["set"] == which).to_numpy()
-            rows = item_row[sel]
-            if len(rows) != b * n:
+            rows, owner = item_row[sel], owner_all[sel]
+            per_user = np.bincount(owner, minlength=b)
+            if n is None:  # variable sizes: pad to the largest
+                n = int(per_user.max(initial=0))
+            elif (per_user != n).any():
                 raise AssertionError(f"{which}: expected {n} ratings for each of {b} users, got {len(rows)}")
-            x = {"cat": torch.from_numpy(item_cat[rows].reshape(b, n, item_cat.shape[1]))}
-            for name, m in multi.items():
-                x[name] = torch.from_numpy(m[rows].reshape(b, n, m.shape[1]))
-            y = torch.from_numpy(r["rating"].to_numpy(dtype=np.float32, copy=True)[sel].reshape(b, n))
-            items = torch.from_numpy(r["item"].to_numpy(dtype=np.int64, copy=True)[sel].reshape(b, n))
-            scenario = torch.from_numpy(r["scenario"].to_numpy(dtype=np.int64, copy=True)[sel].reshape(b, n))
-            return x, y, items, scenario
+            slot = np.arange(len(rows)) - np.repeat(np.cumsum(per_user) - per_user, per_user)  # rows sorted by user
 
-        s_x, s_y, s_items, _ = part("support", self.protocol.n_support)
-        q_x, q_y, q_items, q_scenario = part("query", self.protocol.n_query)
+            def padded(values: np.ndarray) -> np.ndarray:
+                out = np.zeros((b, n, *values.shape[1:]), dtype=values.dtype)
+                out[owner, slot] = values
+                return out
+
+            x = {"cat": torch.from_numpy(padded(item_cat[rows]))}
+            for name, m in multi.items():
+                x[name] = torch.from_numpy(padded(m[rows]))
+            y = torch.from_numpy(padded(r["rating"].to_numpy(dtype=np.float32, copy=True)[sel]))
+            items = torch.from_numpy(padded(r["item"].to_numpy(dtype=np.int64, copy=True)[sel]))
+            scenario = torch.from_numpy(padded(r["scenario"].to_numpy(dtype=np.int64, copy=True)[sel]))
+            mask = torch.from_numpy(padded(np.ones(len(rows), dtype=bool)))
+            return x, y, items, scenario, mask
+
+        s_x, s_y, s_items, _, s_mask = part("support", self.protocol.n_support if fixed else None)
+        q_x, q_y, q_items, q_scenario, q_mask = part("query", self.protocol.n_query)
         user_x = users[[f"{f.name}_idx" for f in self.spec.user_fields]].to_numpy(dtype=np.int64, copy=True)
         batch = TaskBatch(
             user_ids=torch.from_numpy(ids.astype(np.int64)),
             user_x=torch.from_numpy(user_x.reshape(b, len(self.spec.user_fields))),
-            support_x=s_x, support_y=s_y, support_mask=torch.ones(s_y.shape, dtype=torch.bool),
+            support_x=s_x, support_y=s_y, support_mask=s_mask,
             support_item_ids=s_items,
-            query_x=q_x, query_y=q_y, query_mask=torch.ones(q_y.shape, dtype=torch.bool),
+            query_x=q_x, query_y=q_y, query_mask=q_mask,
             query_item_ids=q_items, query_scenario=q_scenario,
             user_cold=torch.from_numpy(users["cold"].to_numpy(dtype=bool, copy=True)),
         )
@@ -176,8 +203,11 @@ class ColdStartData:
         """Counts from the files to the tasks, one row per quantity (column ``value``).
 
         ``release`` is always the first row: ``complete``, ``subset`` (e.g. ML-1M users 1–2999),
-        ``synthetic`` or ``unverified``.
+        ``synthetic`` or ``unverified``. Under GreatMeta's protocol the rows follow its rules
+        (rating range, support sizes, no warm/cold rules).
         """
+        if isinstance(self.protocol, GreatMetaProtocol):
+            return self._greatmeta_summary()
         c = self.provenance["counts"]
         p = self.protocol
         rule = {"date": f"first rating ≥ {self.provenance['split_time_utc']}",
@@ -204,6 +234,35 @@ class ColdStartData:
             ("cold items", c["items_cold"]),
             ("cold-item rule", f"≤ {p.item_cold_max} ratings in the trimmed table"),
             *((f"query ratings {s}", c[f"query_{s}"]) for s in SCENARIOS),
+            ("train users", c["users_train"]),
+            ("val users", c["users_val"]),
+            ("test users", c["users_test"]),
+            ("seed", self.seed),
+        ]
+        return pd.DataFrame({"value": np.array([v for _, v in rows], dtype=object)},
+                            index=pd.Index([k for k, _ in rows], name="quantity"))
+
+    def _greatmeta_summary(self) -> pd.DataFrame:
+        c = self.provenance["counts"]
+        p = self.protocol
+        kept = f"≥ {p.min_ratings}" if p.max_ratings is None else f"{p.min_ratings}–{p.max_ratings}"
+        rows = [
+            ("release", self.release),
+            ("dataset", self.name),
+            ("protocol", "GreatMeta (user cold-start only)"),
+            ("users in files", c["users_in_files"]),
+            ("items in files", c["items_in_files"]),
+            ("ratings in files", c["ratings_in_files"]),
+            ("users after cleaning", c["users_parsed"]),
+            ("items after cleaning", c["items_parsed"]),
+            ("ratings after cleaning", c["ratings_parsed"]),
+            (f"users kept ({kept} ratings)", c["users_kept"]),
+            ("items rated by the kept users", c["items_kept"]),
+            (f"ratings in tasks (support + {p.n_query} random query)", c["ratings_tasks"]),
+            ("support size min", c["support_min"]),
+            ("support size median", c["support_median"]),
+            ("support size max", c["support_max"]),
+            ("split ratios (train/val/test)", "/".join(f"{r:g}" for r in p.split_ratios)),
             ("train users", c["users_train"]),
             ("val users", c["users_val"]),
             ("test users", c["users_test"]),
@@ -239,7 +298,7 @@ class ColdStartData:
             raise ValueError("format version or key mismatch")
         tables = {t: _decode_table(t, spec, arrays) for t, spec in meta["tables"].items()}
         return cls(name=meta["name"], spec=FeatureSpec.from_dict(meta["spec"]),
-                   protocol=Protocol.from_dict(meta["protocol"]), seed=meta["seed"],
+                   protocol=protocol_from_dict(meta["protocol"]), seed=meta["seed"],
                    release=meta["release"], provenance=meta["provenance"], **tables,
                    splits={name: arrays[f"split.{name}"] for name in meta["splits"]}, vocabs=meta["vocabs"])
 
@@ -398,19 +457,22 @@ def _write_cache(path: Path, data: ColdStartData, key: str) -> None:
                       f"continuing without the cache", RuntimeWarning, stacklevel=3)
 
 
-def load(name: str, data_dir: str | os.PathLike | None = None, *, protocol: Protocol | dict | None = None,
-         seed: int = 0, download: bool = True, cache: bool | str | os.PathLike = True,
-         **kwargs) -> ColdStartData:
-    """Load ``name`` under MAMO's cold-start protocol.
+def load(name: str, data_dir: str | os.PathLike | None = None, *,
+         protocol: AnyProtocol | dict | str | None = None, seed: int = 0, download: bool = True,
+         cache: bool | str | os.PathLike = True, **kwargs) -> ColdStartData:
+    """Load ``name`` under a cold-start protocol (MAMO's unless ``protocol`` says otherwise).
 
     Args:
         name: ``movielens-1m``, ``movielens-100k``, ``book-crossing`` or ``synthetic``
             (aliases ``ml-1m``, ``ml-100k``, ``bx``).
         data_dir: data root (default ``$MAMO_LITE_DATA``, then the cache folder; see
             ``registry.data_root``); ignored for ``synthetic``.
-        protocol: a :class:`Protocol` (or a dict of its fields); ``None`` → the paper's defaults
-            with the dataset's own user/item rules.
-        seed: the train/val/test user split's seed.
+        protocol: a :class:`~mamo_lite.data.protocol.Protocol` (or a dict of its fields); ``None``
+            → MAMO's defaults with the dataset's own user/item rules; ``"greatmeta"`` (or a
+            :class:`~mamo_lite.data.protocol.GreatMetaProtocol`) → GreatMeta's protocol (users with
+            40–200 ratings, 70/10/20 user split, 10 random query ratings, the rest support);
+            ``"mamo"`` → MAMO's defaults. See :data:`~mamo_lite.data.protocol.PROTOCOLS`.
+        seed: the train/val/test user split's seed (GreatMeta's protocol: also the query draw's).
         download: fetch missing MovieLens files (Book-Crossing must be supplied by hand).
         cache: ``True`` → cache under ``registry.cache_dir()/processed``; a path → that folder
             instead of ``cache_dir()``; ``False`` → neither read nor write a cache. A cache folder
@@ -424,9 +486,7 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *, protocol: Prot
         or malformed.
     """
     name = _canonical(name)
-    if isinstance(protocol, dict):
-        protocol = Protocol.from_dict(protocol)
-    protocol = protocol or Protocol()
+    protocol = make_protocol(protocol)
     if name == "synthetic":
         make = _module("synthetic").make_synthetic
         source = Path(inspect.getfile(make)).read_bytes()

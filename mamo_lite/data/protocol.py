@@ -32,13 +32,20 @@
 
 ``None`` in ``user_split`` / ``item_cold_max`` means "the dataset's default" (:data:`DATASET_DEFAULTS`);
 :meth:`Protocol.resolved` fills them in.
+
+**GreatMeta's protocol** (:class:`GreatMetaProtocol`, ``load(name, protocol="greatmeta")``; the
+authors' code, reference-code notes §3.2) is the other named protocol (:data:`PROTOCOLS`). It tests
+*user* cold-start only: users with ``min_ratings`` … ``max_ratings`` ratings (40–200), split
+70/10/20 into train/val/test users; each user's query set is ``n_query`` (10) random ratings, the
+support set all the others, so support sizes vary from user to user (30–190) and the task batches
+are padded and masked. :func:`apply_greatmeta_protocol` documents each rule.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -49,14 +56,21 @@ from .tasks import SCENARIOS, FeatureSpec, Field
 
 __all__ = [
     "DATASET_DEFAULTS",
+    "PROTOCOLS",
+    "AnyProtocol",
+    "GreatMetaProtocol",
     "Protocol",
     "ProtocolOutput",
+    "apply_greatmeta_protocol",
     "apply_protocol",
     "count_items",
     "encode_categorical",
     "encode_multi",
     "label_users",
+    "make_protocol",
+    "protocol_from_dict",
     "split_users",
+    "split_users_by_ratio",
     "trim",
     "user_split_time",
 ]
@@ -73,12 +87,13 @@ DATASET_DEFAULTS: dict[str, dict] = {
 ML-1M rules (its generator plants cold users exactly at the paper's split date)."""
 
 
-def _int(name: str, value, lo: int, note: str = "") -> None:
+def _int(name: str, value, lo: int, note: str = "", owner: object = None) -> None:
+    cls = "Protocol" if owner is None else type(owner).__name__
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         # one exception type for every invalid Protocol parameter
-        raise ValueError(f"Protocol.{name} must be an integer, got {value!r}")  # noqa: TRY004
+        raise ValueError(f"{cls}.{name} must be an integer, got {value!r}")  # noqa: TRY004
     if value < lo:
-        raise ValueError(f"Protocol.{name} must be >= {lo}{note}, got {value}")
+        raise ValueError(f"{cls}.{name} must be >= {lo}{note}, got {value}")
 
 
 def _fraction(name: str, value, *, allow_zero: bool = False) -> None:
@@ -176,6 +191,121 @@ class Protocol:
         return cls(**d)
 
 
+@dataclass(frozen=True)
+class GreatMetaProtocol:
+    """GreatMeta's own protocol (Du et al. 2025, as its code runs it; reference-code notes §3.2).
+
+    User cold-start only: the train, validation and test users are disjoint, and there are no
+    warm/cold users or items to tell apart (every kept user is labelled cold, every item warm, so
+    every query rating is a C-W rating). Rules, each a field (defaults: the authors' MovieLens
+    configuration, ``GreatMeta.yaml``):
+
+    1. keep the users with ``min_ratings`` … ``max_ratings`` ratings, both ends included (RecBole's
+       ``user_inter_num_interval: [40, 200]``; on ML-100K 497 users stay, as in the authors' run);
+    2. split the kept users ``split_ratios`` = (train, val, test) at random (seeded), RecBole's way:
+       ``floor(ratio · n)`` validation and test users, the rest train (ML-100K: 349/49/99, the
+       authors' 349 training users);
+    3. each user's query set is ``n_query`` of their ratings drawn at random (seeded), the support set
+       all the others: 30–190 support ratings under the defaults, far from few-shot. Drawn once, so
+       every epoch sees the same split, as in the code.
+
+    Ratings stay on the dataset's own scale (1–5 MovieLens, 1–10 Book-Crossing). The authors' code
+    min-max scales ML-100K's ratings to [0, 1], ``(r − 1) / 4`` (RecBole's ``normalize_all`` for
+    ml-100k), so its ML-100K MAE and RMSE are a quarter of ours for the same predictions; ML-1M and
+    Book-Crossing stay raw there too. The authors' Book-Crossing configuration
+    (``GreatMeta-BK.yaml``, which does not run as released) asks for
+    ``GreatMetaProtocol(min_ratings=13, max_ratings=100, split_ratios=(0.8, 0.1, 0.1))``.
+    Invalid values raise ``ValueError``.
+    """
+
+    name: ClassVar[str] = "greatmeta"
+
+    min_ratings: int = 40
+    """users with fewer ratings are dropped."""
+    max_ratings: int | None = 200
+    """users with more ratings are dropped (``None``: no upper bound)."""
+    n_query: int = 10
+    """query-set size: this many random ratings per user; the support set is the rest."""
+    split_ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    """fractions of the kept users for train, validation and test (summing to 1; validation may be 0)."""
+
+    def __post_init__(self) -> None:
+        _int("min_ratings", self.min_ratings, 2, " (a user needs a support and a query rating)", owner=self)
+        _int("n_query", self.n_query, 1, owner=self)
+        if self.n_query >= self.min_ratings:
+            raise ValueError(f"GreatMetaProtocol.n_query must be < min_ratings (every kept user needs at least "
+                             f"one support rating): got n_query={self.n_query} >= min_ratings={self.min_ratings}")
+        if self.max_ratings is not None:
+            _int("max_ratings", self.max_ratings, self.min_ratings, " (= min_ratings), or None for no bound",
+                 owner=self)
+        ratios = self.split_ratios
+        if isinstance(ratios, list):
+            ratios = tuple(ratios)
+            object.__setattr__(self, "split_ratios", ratios)  # a list from JSON or a dict
+        ok = (isinstance(ratios, tuple) and len(ratios) == 3
+              and all(isinstance(r, (int, float, np.floating)) and not isinstance(r, bool) and math.isfinite(r)
+                      for r in ratios))
+        if not ok or ratios[0] <= 0 or ratios[1] < 0 or ratios[2] <= 0 or abs(sum(ratios) - 1) > 1e-9:
+            raise ValueError(f"GreatMetaProtocol.split_ratios must be three fractions (train > 0, val >= 0, "
+                             f"test > 0) summing to 1, e.g. (0.7, 0.1, 0.2); got {self.split_ratios!r}")
+
+    def resolved(self, dataset: str, *, time_based: bool = True) -> GreatMetaProtocol:
+        """Itself: no rule depends on the dataset (the signature is :meth:`Protocol.resolved`'s)."""
+        return self
+
+    def to_dict(self) -> dict:
+        """The fields and ``"kind": "greatmeta"`` (what :func:`protocol_from_dict` dispatches on)."""
+        return {"kind": self.name, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GreatMetaProtocol:
+        d = {k: v for k, v in d.items() if k != "kind"}
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown GreatMetaProtocol parameter(s) {sorted(unknown)}; valid: {sorted(names)}")
+        return cls(**d)
+
+
+AnyProtocol = Protocol | GreatMetaProtocol
+"""Either protocol: what :func:`~mamo_lite.data.dataset.load` and :class:`~mamo_lite.data.dataset.ColdStartData`
+accept."""
+
+PROTOCOLS: dict[str, type[Protocol | GreatMetaProtocol]] = {"mamo": Protocol, "greatmeta": GreatMetaProtocol}
+"""The named protocols: ``"mamo"`` (:class:`Protocol`, the default) and ``"greatmeta"``
+(:class:`GreatMetaProtocol`). ``load(name, protocol="greatmeta")`` uses a name's defaults."""
+
+
+def protocol_from_dict(d: dict) -> AnyProtocol:
+    """The protocol a ``to_dict()`` describes: ``"kind": "greatmeta"`` → :class:`GreatMetaProtocol`,
+    no ``kind`` (or ``"mamo"``) → :class:`Protocol`."""
+    kind = d.get("kind", "mamo")
+    if kind not in PROTOCOLS:
+        raise ValueError(f"unknown protocol kind {kind!r}; choose one of {sorted(PROTOCOLS)}")
+    rest = {k: v for k, v in d.items() if k != "kind"}
+    return PROTOCOLS[kind].from_dict(rest)
+
+
+def make_protocol(protocol: AnyProtocol | dict | str | None) -> AnyProtocol:
+    """A protocol from what a caller may pass: ``None`` → ``Protocol()`` (MAMO's), a name of
+    :data:`PROTOCOLS` → its defaults, a dict → :func:`protocol_from_dict`, a protocol → itself."""
+    if protocol is None:
+        return Protocol()
+    if isinstance(protocol, Protocol | GreatMetaProtocol):
+        return protocol
+    if isinstance(protocol, str):
+        key = protocol.strip().lower()
+        if key not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)} "
+                             f"(or pass a Protocol / GreatMetaProtocol)")
+        return PROTOCOLS[key]()
+    if isinstance(protocol, dict):
+        return protocol_from_dict(protocol)
+    raise ValueError(f"protocol must be None, a name {sorted(PROTOCOLS)}, a dict or a Protocol / "
+                     f"GreatMetaProtocol, got {type(protocol).__name__}")
+
+
+
 # ------------------------------------------------------------------------------------------ rules
 
 def trim(ratings: pd.DataFrame, protocol: Protocol) -> pd.DataFrame:
@@ -239,6 +369,27 @@ def split_users(users: np.ndarray, protocol: Protocol, seed: int) -> dict[str, n
             "test": np.sort(users[perm[:n_test]])}
 
 
+def split_users_by_ratio(users: np.ndarray, ratios: tuple[float, float, float], seed: int) -> dict[str, np.ndarray]:
+    """Seeded random train/val/test split by ``ratios``, counted as RecBole does (GreatMeta's split).
+
+    ``floor(ratio · n)`` validation and test users (at least one where the ratio is positive), the
+    rest train; the first ``n_train`` users of a seeded permutation are train, then validation, then
+    test. Each part sorted.
+    """
+    users = np.sort(np.asarray(users))
+    n = len(users)
+    counts = [math.floor(r * n + 1e-9) for r in ratios[1:]]
+    counts = [max(c, 1) if r > 0 else c for c, r in zip(counts, ratios[1:], strict=True)]
+    n_train = n - sum(counts)
+    if n_train < 1:
+        raise DataError(f"the protocol kept {n} user(s); split_ratios={tuple(ratios)} leaves no training user: "
+                        f"widen GreatMetaProtocol.min_ratings/max_ratings or use more data")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = counts[0]
+    return {"train": np.sort(users[perm[:n_train]]), "val": np.sort(users[perm[n_train:n_train + n_val]]),
+            "test": np.sort(users[perm[n_train + n_val:]])}
+
+
 def _sorted_vocab(values) -> tuple:
     uniq = pd.unique(pd.Series(values).dropna())
     try:
@@ -285,8 +436,13 @@ class ProtocolOutput:
     counts: dict[str, int]
 
 
-def apply_protocol(raw: RawTables, protocol: Protocol, seed: int = 0) -> ProtocolOutput:
-    """Run the whole protocol on parsed tables. ``protocol`` must be :meth:`~Protocol.resolved`."""
+def apply_protocol(raw: RawTables, protocol: AnyProtocol, seed: int = 0) -> ProtocolOutput:
+    """Run the whole protocol on parsed tables. ``protocol`` must be :meth:`~Protocol.resolved`.
+
+    A :class:`GreatMetaProtocol` is handed to :func:`apply_greatmeta_protocol`.
+    """
+    if isinstance(protocol, GreatMetaProtocol):
+        return apply_greatmeta_protocol(raw, protocol, seed)
     if protocol.user_split is None or protocol.item_cold_max is None:
         raise ValueError("apply_protocol needs a resolved Protocol: "
                          "call protocol.resolved(name, time_based=...)")
@@ -299,26 +455,92 @@ def apply_protocol(raw: RawTables, protocol: Protocol, seed: int = 0) -> Protoco
         raise DataError(f"{raw.name}: no user has at least Protocol.min_ratings={protocol.min_ratings} "
                         f"ratings (the most any user has is {most}); lower min_ratings "
                         f"(and n_keep, n_support, n_query)")
-    for what, table, col in (("users", raw.users, "user"), ("items", raw.items, "item")):
-        unknown = ~trimmed[col].isin(table[col]).to_numpy()
-        if unknown.any():
-            raise DataError(f"{raw.name}: {int(unknown.sum())} ratings name {what} without a profile row "
-                            f"(e.g. {col} {trimmed[col][unknown].iloc[0]}); the parser must drop them")
+    _check_profiles(raw, trimmed)
 
     first = trimmed.loc[trimmed["position"] == 0].set_index("user")["order"]  # sorted by user
     split_time = user_split_time(raw.ratings, protocol)
     user_cold = label_users(first, protocol, split_time)
     item_stats = count_items(trimmed, protocol)
     splits = split_users(user_cold.index.to_numpy(), protocol, seed)
-    split_of = pd.Series("", index=user_cold.index, dtype=str)
-    for name, ids in splits.items():
-        split_of[ids] = name
 
     # the task table: support = first n_support, query = last n_query of the n_keep kept ratings
     pos = trimmed["position"].to_numpy()
     support, query = pos < protocol.n_support, pos >= protocol.n_keep - protocol.n_query
     r = trimmed[support | query].reset_index(drop=True)
     r["set"] = np.where(support[support | query], "support", "query")
+    return _output(raw, trimmed, r, first, user_cold, item_stats, splits, split_time)
+
+
+def apply_greatmeta_protocol(raw: RawTables, protocol: GreatMetaProtocol, seed: int = 0) -> ProtocolOutput:
+    """GreatMeta's protocol on parsed tables (:class:`GreatMetaProtocol`; reference-code notes §3.2).
+
+    1. **Filter.** Keep the users with ``min_ratings`` … ``max_ratings`` parsed ratings, all of them.
+    2. **Split.** :func:`split_users_by_ratio` with ``split_ratios`` and ``seed``.
+    3. **Support/query.** Each user's ratings, sorted by (``order``, file row), are put in a random
+       order drawn from ``numpy.random.default_rng((seed, user))``: ``position`` is the rank in that
+       order, the last ``n_query`` positions are the query set, the rest the support set. A user's
+       draw depends only on the seed, the user's id and the user's ratings, not on which other users
+       are kept. (The code shuffles all interactions once with its global seed, 1128, and takes 10 per
+       user as the query; the same rule, another random stream.)
+    4. **Labels.** Every kept user is cold (val and test users are never seen in training) and every
+       item warm (no item cold-start), so every rating's scenario is C-W.
+    5. **Features** as :func:`apply_protocol` (step 6 of the module docstring); items' ``n_ratings``
+       count the kept users' ratings.
+
+    ``counts`` adds ``support_min``, ``support_median`` and ``support_max`` (support-set sizes).
+    """
+    if raw.ratings.empty:
+        raise DataError(f"{raw.name}: no ratings left after parsing and cleaning")
+    user = raw.ratings["user"].to_numpy()
+    idx = np.lexsort((np.arange(len(raw.ratings)), raw.ratings["order"].to_numpy(), user))
+    r = raw.ratings.iloc[idx].reset_index(drop=True)
+    size = r.groupby("user", sort=False)["user"].transform("size").to_numpy()
+    hi = math.inf if protocol.max_ratings is None else protocol.max_ratings
+    keep = (size >= protocol.min_ratings) & (size <= hi)
+    if not keep.any():
+        n = raw.ratings.groupby("user").size()
+        raise DataError(f"{raw.name}: no user has GreatMetaProtocol.min_ratings={protocol.min_ratings} … "
+                        f"max_ratings={protocol.max_ratings} ratings (users have {int(n.min())}–{int(n.max())}); "
+                        f"widen the range")
+    kept = r[keep].reset_index(drop=True)
+    _check_profiles(raw, kept)
+
+    ids, start, n_user = np.unique(kept["user"].to_numpy(), return_index=True, return_counts=True)
+    position = np.empty(len(kept), dtype=np.int64)
+    for u, s0, n in zip(ids.tolist(), start.tolist(), n_user.tolist(), strict=True):
+        position[s0:s0 + n] = np.random.default_rng((seed, u)).permutation(n)
+    kept["position"] = position
+    kept = kept.iloc[np.lexsort((position, kept["user"].to_numpy()))].reset_index(drop=True)
+    size = np.repeat(n_user, n_user)  # kept is sorted by user
+    kept["set"] = np.where(kept["position"].to_numpy() >= size - protocol.n_query, "query", "support")
+
+    first = kept.groupby("user")["order"].min()
+    user_cold = pd.Series(True, index=first.index, name="cold")
+    n_item = kept.groupby("item").size().rename("n_ratings")
+    item_stats = pd.DataFrame({"n_ratings": n_item, "cold": np.zeros(len(n_item), dtype=bool)})
+    splits = split_users_by_ratio(ids, protocol.split_ratios, seed)
+    support = n_user - protocol.n_query
+    extra = {"support_min": int(support.min()), "support_median": float(np.median(support)),
+             "support_max": int(support.max())}
+    return _output(raw, kept, kept, first, user_cold, item_stats, splits, None, extra)
+
+
+def _check_profiles(raw: RawTables, ratings: pd.DataFrame) -> None:
+    for what, table, col in (("users", raw.users, "user"), ("items", raw.items, "item")):
+        unknown = ~ratings[col].isin(table[col]).to_numpy()
+        if unknown.any():
+            raise DataError(f"{raw.name}: {int(unknown.sum())} ratings name {what} without a profile row "
+                            f"(e.g. {col} {ratings[col][unknown].iloc[0]}); the parser must drop them")
+
+
+def _output(raw: RawTables, trimmed: pd.DataFrame, r: pd.DataFrame, first: pd.Series, user_cold: pd.Series,
+            item_stats: pd.DataFrame, splits: dict[str, np.ndarray], split_time: int | None,
+            extra_counts: dict[str, Any] | None = None) -> ProtocolOutput:
+    """Both protocols' common end: labels and split columns on the task table ``r`` (with ``position``
+    and ``set``), the kept users' and items' encoded profiles, the counts."""
+    split_of = pd.Series("", index=user_cold.index, dtype=str)
+    for name, ids in splits.items():
+        split_of[ids] = name
     r["user_cold"] = user_cold.reindex(r["user"]).to_numpy()
     r["item_cold"] = item_stats["cold"].reindex(r["item"]).to_numpy()
     r["scenario"] = (2 * r["user_cold"].astype(np.int64) + r["item_cold"].astype(np.int64)).astype(np.int64)
@@ -360,6 +582,7 @@ def apply_protocol(raw: RawTables, protocol: Protocol, seed: int = 0) -> Protoco
         "items_warm": int((~items["cold"]).sum()), "items_cold": int(items["cold"].sum()),
         **{f"query_{s}": int((query["scenario"] == i).sum()) for i, s in enumerate(SCENARIOS)},
         **{f"users_{k}": len(v) for k, v in splits.items()},
+        **(extra_counts or {}),
     }
     return ProtocolOutput(ratings=ratings, users=users, items=items, splits=splits, spec=spec, vocabs=vocabs,
                           split_time=split_time, counts=counts)
