@@ -14,6 +14,18 @@ Targets: one first-order epoch ≤ 10 s on 2 CPU cores; ``vmap`` ≥ 2× the per
     python bench/bench_engine.py                 # all methods, both paths and orders, CPU (+ CUDA)
     python bench/bench_engine.py --quick         # fewer batches, first order only
     python bench/bench_engine.py --methods maml,mamo --devices cpu --out /tmp/engine-{device}.json
+    python bench/bench_engine.py --methods mamo-authors --gather off,on --devices cpu
+
+Besides the methods, ``--methods`` takes the named presets of :data:`PRESETS`: ``mamo-authors`` is MAMO
+configured as its authors' code runs it (``mamo_lite.reproduce.MAMO_AS_CODED``: 9 local steps, every
+parameter group local, classification head, τ 0.01, summed users) at their sizes (d_e 100, towers
+300→150→100 and 400→200→100, the square 200×200 ``M_{u,I}``), the configuration issue 11 compares
+with the authors' code. ``--gather on`` times the engine's gathered-row path
+(``MetaLearner.gather_rows``), which matters where embedding tables are local (MAML, MetaCS-DNN,
+``mamo-authors``).
+
+The JSON records the CPU model, the thread settings (``OMP_WAIT_POLICY`` is set to ``PASSIVE`` by
+importing ``mamo_lite`` before torch loads), the load average and whether other work shared the machine.
 """
 
 from __future__ import annotations
@@ -26,14 +38,69 @@ import sys
 import time
 from pathlib import Path
 
+import mamo_lite  # noqa: F401  # isort: skip  (first: sets OMP_WAIT_POLICY=PASSIVE before torch loads)
 import torch
 
 from mamo_lite.data.tasks import FeatureSpec, Field, TaskBatch
 from mamo_lite.meta.engine import make_optimizer, meta_step
 from mamo_lite.methods import METHODS, build_learner
+from mamo_lite.reproduce import MAMO_AS_CODED
 from mamo_lite.utils import atomic_write_text, versions
 
 ROOT = Path(__file__).resolve().parent
+
+PRESETS: dict[str, tuple[str, dict]] = {
+    "mamo-authors": ("mamo", {**MAMO_AS_CODED, "preference": "code"}),
+}
+"""Named configurations beyond each method's defaults: ``name → (method, overrides)``.
+
+``mamo-authors``: MAMO matched to its authors' code (reference-code notes §1.5–1.7): the overrides the
+package names ``MAMO_AS_CODED`` (9 local steps, all groups local, cross-entropy head, τ 0.01, summed
+meta-gradient, only weight matrices in ``M_U``) plus their square ``M_{u,I}`` (``preference="code"``);
+the sizes are the paper network's (d_e 100, two tower layers). Their local optimiser (Adam, mini-batches
+of 5, clipping) is not reproduced: the engine's local steps are SGD on the whole support set.
+"""
+CONFIG_NAMES: tuple[str, ...] = (*METHODS, *PRESETS)
+
+
+def resolve(name: str) -> tuple[str, dict]:
+    """``(method, overrides)`` of a method name or a :data:`PRESETS` name."""
+    if name in PRESETS:
+        method, overrides = PRESETS[name]
+        return method, dict(overrides)
+    if name in METHODS:
+        return name, {}
+    raise ValueError(f"unknown configuration {name!r}; choose from {', '.join(CONFIG_NAMES)}")
+
+
+def build(name: str, *, first_order: bool, gather: bool = False, users_per_batch: int | None = None):
+    """A learner for configuration ``name`` on ML-1M's shapes (seeded), with ``gather_rows`` set."""
+    method, overrides = resolve(name)
+    overrides["first_order"] = first_order
+    if users_per_batch is not None:
+        overrides["users_per_batch"] = users_per_batch
+    torch.manual_seed(0)
+    learner = build_learner(method, ML1M_SPEC, "movielens-1m", overrides=overrides)
+    learner.gather_rows = gather
+    return learner
+
+
+def has_local_tables(learner) -> bool:
+    """Whether any embedding table is adapted per user (where ``gather_rows`` can change anything)."""
+    return any(learner.model.group_of(n) == "profile" for n in learner.local_names())
+
+
+def machine_facts(device: torch.device | str = "cpu") -> dict:
+    """CPU model, versions, thread settings and the load average (other work on the machine)."""
+    import os
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
+    return {**versions(device), "torch_threads": torch.get_num_threads(),
+            "torch_interop_threads": torch.get_num_interop_threads(),
+            "thread_env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+            "load_average_1_5_15min": list(load),
+            # the load before this script starts is other work: a loaded machine gives slower, noisier figures
+            "contended": bool(load[0] >= 0.5)}
 
 ML1M_SPEC = FeatureSpec(
     user_fields=(Field("gender", "categorical", 3), Field("age", "categorical", 8),
@@ -81,10 +148,12 @@ def _sync(device: torch.device) -> None:
 
 
 def time_config(method: str, path: str, order: str, device: torch.device, tasks: TaskBatch, *,
-                batches: int, warmup: int) -> dict:
-    """Time ``batches`` meta-steps after ``warmup`` ones; returns one result row."""
-    torch.manual_seed(0)
-    learner = build_learner(method, ML1M_SPEC, "movielens-1m", overrides={"first_order": order == "first"})
+                batches: int, warmup: int, gather: bool = False) -> dict:
+    """Time ``batches`` meta-steps after ``warmup`` ones; returns one result row.
+
+    ``method`` is a method or a :data:`PRESETS` name; ``gather`` sets ``MetaLearner.gather_rows``.
+    """
+    learner = build(method, first_order=order == "first", gather=gather)
     learner.to(device)
     opt = make_optimizer(learner)
     size = learner.config.users_per_batch
@@ -101,7 +170,8 @@ def time_config(method: str, path: str, order: str, device: torch.device, tasks:
         _sync(device)
         times.append(time.perf_counter() - t0)
     median = statistics.median(times)
-    return {"method": method, "path": path, "order": order, "device": str(device), "users_per_batch": size,
+    return {"method": method, "path": path, "order": order, "gather_rows": gather, "device": str(device),
+            "users_per_batch": size,
             "batches_timed": batches, "batch_seconds": times, "users_per_s": size / median,
             "users_per_s_mean": batches * size / sum(times), "finite_loss": bool(torch.isfinite(losses).all())}
 
@@ -110,9 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=4800, help="users per epoch to extrapolate to (default 4800)")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: all)")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"comma-separated methods or presets ({', '.join(PRESETS)}); default: every method")
     parser.add_argument("--paths", default="loop,vmap", help="comma-separated: loop, vmap")
     parser.add_argument("--orders", default="first,second", help="comma-separated: first, second")
+    parser.add_argument("--gather", default="off",
+                        help="comma-separated: off, on (MetaLearner.gather_rows; 'on' only where tables are local)")
     parser.add_argument("--devices", default="auto", help="comma-separated: cpu, cuda; auto = cpu (+ cuda if present)")
     parser.add_argument("--batches", type=int, default=4, help="meta-batches timed per configuration (default 4)")
     parser.add_argument("--warmup", type=int, default=1, help="meta-batches run before timing (default 1)")
@@ -126,15 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = set(methods) - set(METHODS)
+    unknown = set(methods) - set(CONFIG_NAMES)
     if unknown:
-        parser.error(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(METHODS)}")
-    if "mamo" in methods:
-        try:
-            import mamo_lite.methods.mamo  # noqa: F401
-        except ImportError:
-            print("mamo_lite.methods.mamo not available: skipping mamo", file=sys.stderr)
-            methods.remove("mamo")
+        parser.error(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(CONFIG_NAMES)}")
+    gathers = [g.strip() for g in args.gather.split(",") if g.strip()]
+    if set(gathers) - {"off", "on"}:
+        parser.error(f"--gather takes off, on; got {args.gather!r}")
     if args.devices == "auto":
         devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     else:
@@ -144,25 +214,34 @@ def main(argv: list[str] | None = None) -> int:
     tasks = synthetic_tasks(min(args.users, 1024))
 
     for device in devices:
+        facts = machine_facts(device)  # before the benchmark loads the machine
         rows = []
         for method in methods:
+            local_tables = has_local_tables(build(method, first_order=True))
             for order in args.orders.split(","):
                 for path in args.paths.split(","):
-                    row = time_config(method, path, order, device, tasks, batches=args.batches, warmup=args.warmup)
-                    row["epoch_seconds"] = args.users / row["users_per_s"]
-                    rows.append(row)
-                    print(f"  {method:<10} {path:<4} {order:<6} {device.type:<4} {row['users_per_s']:9.1f} users/s "
-                          f"{row['epoch_seconds']:8.1f} s/epoch", file=sys.stderr, flush=True)
+                    for gather in gathers:
+                        if gather == "on" and not local_tables:
+                            continue  # nothing to gather: the same code runs
+                        row = time_config(method, path, order, device, tasks, batches=args.batches,
+                                          warmup=args.warmup, gather=gather == "on")
+                        row["epoch_seconds"] = args.users / row["users_per_s"]
+                        rows.append(row)
+                        print(f"  {method:<12} {path:<4} {order:<6} gather {gather:<3} {device.type:<4} "
+                              f"{row['users_per_s']:9.1f} users/s {row['epoch_seconds']:8.1f} s/epoch",
+                              file=sys.stderr, flush=True)
         for row in rows:
             loop = [r for r in rows if r["path"] == "loop" and
-                    (r["method"], r["order"], r["device"]) == (row["method"], row["order"], row["device"])]
+                    (r["method"], r["order"], r["device"], r["gather_rows"])
+                    == (row["method"], row["order"], row["device"], row["gather_rows"])]
             row["vmap_speedup"] = row["users_per_s"] / loop[0]["users_per_s"] if row["path"] == "vmap" and loop \
                 else math.nan
         _print_table(rows, args.users)
         report = {"benchmark": "engine meta-training throughput", "users_per_epoch": args.users,
                   "batches_timed": args.batches, "warmup_batches": args.warmup,
                   "shapes": {"support": 15, "query": 5, "spec": ML1M_SPEC.to_dict(), "multi_len": MULTI_LEN},
-                  "machine": versions(device), "torch_threads": torch.get_num_threads(),
+                  "machine": facts, "torch_threads": torch.get_num_threads(),
+                  "presets": {k: {"method": m, "overrides": o} for k, (m, o) in PRESETS.items()},
                   "targets": {"first_order_epoch_seconds_cpu_2_cores": 10, "vmap_speedup_cpu": 2},
                   "results": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                               for r in rows]}
@@ -173,12 +252,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_table(rows: list[dict], users: int) -> None:
-    header = f"{'method':<11}{'path':<6}{'order':<8}{'device':<8}{'users/s':>10}{f'epoch s ({users})':>17}{'vmap ×':>8}"
+    header = f"{'method':<13}{'path':<6}{'order':<8}{'gather':<8}{'device':<8}{'users/s':>10}{f'epoch s ({users})':>17}{'vmap ×':>8}"
     print(header)
     print("-" * len(header))
     for r in rows:
         speed = "" if math.isnan(r["vmap_speedup"]) else f"{r['vmap_speedup']:.2f}"
-        print(f"{r['method']:<11}{r['path']:<6}{r['order']:<8}{r['device']:<8}{r['users_per_s']:>10.1f}"
+        gather = "on" if r["gather_rows"] else "off"
+        print(f"{r['method']:<13}{r['path']:<6}{r['order']:<8}{gather:<8}{r['device']:<8}{r['users_per_s']:>10.1f}"
               f"{r['epoch_seconds']:>17.1f}{speed:>8}")
 
 
