@@ -149,7 +149,9 @@ class MetaLearner(nn.Module):
     Predictions, query losses and meta-gradients equal the plain path's to float rounding (tests), first
     and second order. Turn it on when embedding tables are local and large next to what one user touches:
     MAML and MetaCS-DNN (every group local) and MAMO with ``"profile"`` in ``local_groups`` (the authors'
-    configuration); on MovieLens-1M a user touches at most 61 of the director table's 2,187 rows. It changes
+    configuration); on MovieLens-1M a user touches at most 61 of the director table's 2,187 rows, and
+    ``bench/floor.py`` times both paths (``--gather off,on``). With one local step the gain is the copy and
+    the dense table gradient a user no longer makes; it grows with ``inner_steps``. It changes
     nothing where no table is local (MeLU, the book's MAMO), and nothing for a method that replaces the
     per-user algorithm (s²Meta, GreatMeta). The book's chapters run with it off: their committed outputs
     come from the plain path, which stays the reference.
