@@ -46,7 +46,7 @@ from mamo_lite.models.recommender import GROUPS
 from mamo_lite.train import NonFinitePredictionError, adapted_predictions, fit, subset_users
 from mamo_lite.utils import atomic_write_text, json_safe, progress, resolve_device, seed_everything, versions
 
-__all__ = ["BUDGETS", "ROWS", "Budget", "Row", "run_cell", "table1", "within_user_spread"]
+__all__ = ["BUDGETS", "ROWS", "Budget", "Row", "cell_predictions", "run_cell", "table1", "within_user_spread"]
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = Path("results") / "table1"
@@ -224,14 +224,14 @@ def _search(row: Row, data, budget: Budget, device) -> tuple[dict[str, Any], lis
     return dict(chosen), table.to_dict(orient="records")
 
 
-def run_cell(label: str, dataset: str, seed: int, budget: Budget | str = "book", *, data=None,
-             device: str | torch.device = "cpu", chosen: dict[str, Any] | None = None,
-             row: Row | None = None) -> dict:
-    """Compute one cell: ``{"rows": tidy metric rows, "info": what the run did}`` (see the module doc).
+def cell_predictions(label: str, dataset: str, seed: int, budget: Budget | str = "book", *, data=None,
+                     device: str | torch.device = "cpu", chosen: dict[str, Any] | None = None,
+                     row: Row | None = None) -> tuple[torch.Tensor | None, TaskBatch, Any, dict]:
+    """Train (or compute) one cell's row and predict its test users: ``(pred, test, data, info)``.
 
-    ``chosen``: the values of the row's ``grid`` picked on validation users (:func:`tune`). ``row``: run
-    this :class:`Row` under the name ``label`` instead of ``ROWS[label]`` (the parameter studies of
-    :mod:`mamo_lite.studies` vary one setting of a row this way).
+    ``pred`` is ``None`` when the run diverged before a healthy epoch (``info["diverged"]`` says how).
+    :func:`run_cell` scores exactly these predictions; use this function to look at them (e.g. the
+    NDCG variants of :func:`mamo_lite.evaluate.ndcg_variants`). Arguments as :func:`run_cell`.
     """
     from mamo_lite.data import load
 
@@ -260,6 +260,21 @@ def run_cell(label: str, dataset: str, seed: int, budget: Budget | str = "book",
     info["seconds"] = time.perf_counter() - start
     if pred is None:
         info.setdefault("diverged", "diverged")
+    return pred, test, data, info
+
+
+def run_cell(label: str, dataset: str, seed: int, budget: Budget | str = "book", *, data=None,
+             device: str | torch.device = "cpu", chosen: dict[str, Any] | None = None,
+             row: Row | None = None) -> dict:
+    """Compute one cell: ``{"rows": tidy metric rows, "info": what the run did}`` (see the module doc).
+
+    ``chosen``: the values of the row's ``grid`` picked on validation users (:func:`tune`). ``row``: run
+    this :class:`Row` under the name ``label`` instead of ``ROWS[label]`` (the parameter studies of
+    :mod:`mamo_lite.studies` vary one setting of a row this way).
+    """
+    pred, test, data, info = cell_predictions(label, dataset, seed, budget, data=data, device=device,
+                                              chosen=chosen, row=row)
+    if pred is None:
         return {"rows": [], "per_user": {}, "info": info}
     table = scenario_metrics(pred, test, method=label, dataset=dataset, seed=seed, rating_range=data.spec)
     spread = {"method": label, "dataset": dataset, "scenario": "all", "metric": "spread", "seed": seed,

@@ -18,9 +18,16 @@ import pandas as pd
 
 from mamo_lite.evaluate import summarise
 
-__all__ = ["Cells", "best_rows", "load_cells", "paired_interval", "table"]
+__all__ = ["PAPER_NAMES", "Cells", "best_rows", "coverage", "intervals", "load_cells", "paired_interval",
+           "side_by_side", "table", "targets"]
 
 LOWER_IS_BETTER = {"MAE": True, "RMSE": True, "NDCG@3": False}
+
+PAPER_NAMES: dict[str, str] = {"MeLU": "MeLU", "MetaCS-DNN": "MetaCS-DNN", "s²Meta": "s2Meta",
+                               "RUM (item)": "Item-level RUM", "RUM (feature)": "Feature-level RUM", "MAMO": "MAMO"}
+"""Our Table-1 row → the paper's row label in :func:`mamo_lite.evaluate.paper_table1` (the rows it printed)."""
+
+SCENARIOS_ALL: tuple[str, ...] = ("W-W", "W-C", "C-W", "C-C", "all")
 
 
 @dataclass
@@ -106,3 +113,125 @@ def paired_interval(per_user: pd.DataFrame, a: str, b: str, metric: str, dataset
     return {"a": a, "b": b, "dataset": dataset, "metric": metric, "mean_difference": float(diff.mean()),
             "low": float(res.confidence_interval.low), "high": float(res.confidence_interval.high),
             "units": len(diff), "seeds": int(sel["seed"].nunique())}
+
+
+def _seed_counts(metrics: pd.DataFrame) -> pd.DataFrame:
+    return metrics.groupby(["dataset", "method"], sort=False)["seed"].nunique()
+
+
+def coverage(cells: Cells, seeds: int = 5) -> pd.DataFrame:
+    """Which cells exist: per row (index) and dataset (columns), ``"k/N"`` seeds with numbers, then
+    ``", d diverged"`` for seeds whose run diverged (they have no numbers) — "" when nothing was run."""
+    runs = cells.runs
+    out = {}
+    for dataset in dict.fromkeys(runs["dataset"]):
+        col = {}
+        for method in dict.fromkeys(runs["method"]):
+            r = runs[(runs["dataset"] == dataset) & (runs["method"] == method)]
+            if r.empty:
+                col[method] = ""
+                continue
+            bad = int(r["diverged"].notna().sum())
+            col[method] = f"{len(r) - bad}/{seeds}" + (f", {bad} diverged" if bad else "")
+        out[dataset] = col
+    return pd.DataFrame(out)
+
+
+def side_by_side(metrics: pd.DataFrame, dataset: str, metric: str = "MAE", *, paper: pd.DataFrame | None = None,
+                 digits: int = 3, scenarios: tuple[str, ...] = SCENARIOS_ALL, seeds: int = 5,
+                 order: list[str] | None = None) -> pd.DataFrame:
+    """One dataset's ``metric`` in Table 1's layout with the paper's printed value beside ours.
+
+    Rows: our methods (order of appearance). Columns per scenario: ``ours`` (``mean ± std`` over seeds,
+    ``*`` marking the best row of the column among the rows that have every seed, see :func:`best_rows`)
+    and, where ``paper`` (:func:`mamo_lite.evaluate.paper_table1`) has the row (:data:`PAPER_NAMES`),
+    ``paper``; then ``spread`` (the within-user spread of the predictions, mean over seeds: ≈ 0 means a
+    collapsed model) and ``seeds`` (``k/N``: a row with fewer seeds has diverged or is still running).
+    ``order``: the rows first in this order (e.g. ``list(mamo_lite.reproduce.ROWS)``), others after.
+    """
+    m = metrics[metrics["dataset"] == dataset]
+    if m.empty:
+        raise ValueError(f"no results for dataset {dataset!r}; have {sorted(metrics['dataset'].unique())}")
+    shown = m[(m["metric"] == metric) & m["scenario"].isin(scenarios)]
+    stats = shown.groupby(["method", "scenario"], sort=False)["value"].agg(["mean", "std"])
+    best = best_rows(m[m["metric"] == metric])
+    best = {r.scenario: r.best for r in best.itertuples()}
+    methods = list(dict.fromkeys(m["method"]))
+    if order is not None:
+        methods = [x for x in order if x in methods] + [x for x in methods if x not in order]
+    lookup = {}
+    if paper is not None:
+        p = paper[(paper["dataset"] == dataset) & (paper["metric"] == metric)]
+        lookup = {(r.method, r.scenario): r.value for r in p.itertuples()}
+    counts = _seed_counts(m)
+    spread = m[m["metric"] == "spread"].groupby("method")["value"].mean()
+    rows = {}
+    for method in methods:
+        row = {}
+        for sc in scenarios:
+            if (method, sc) in stats.index:
+                mu, sd = stats.loc[(method, sc)]
+                text = f"{mu:.{digits}f}" + ("" if pd.isna(sd) else f" ± {sd:.{digits}f}")
+                row[(sc, "ours")] = text + (" *" if best.get(sc) == method else "")
+            else:
+                row[(sc, "ours")] = ""
+            if lookup:
+                v = lookup.get((PAPER_NAMES.get(method, ""), sc))
+                row[(sc, "paper")] = "" if v is None else f"{v:.{digits}f}"
+        row[("spread", "")] = f"{spread[method]:.{digits}f}" if method in spread.index else ""
+        row[("seeds", "")] = f"{counts.get((dataset, method), 0)}/{seeds}"
+        rows[method] = row
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.columns = pd.MultiIndex.from_tuples(out.columns, names=["scenario", ""])
+    out.index.name = "method"
+    return out
+
+
+def targets(metrics: pd.DataFrame, paper: pd.DataFrame, dataset: str, *, metric: str = "MAE",
+            scenarios: tuple[str, ...] = ("W-W", "W-C", "C-W", "C-C")) -> pd.DataFrame:
+    """Per scenario: the paper's best printed entry, our best row (every seed present) and whether
+    ours is at least as good (``met``). The issue's target: our best at or below the paper's best MAE."""
+    lower = LOWER_IS_BETTER[metric]
+    ours = best_rows(metrics[(metrics["dataset"] == dataset) & (metrics["metric"] == metric)])
+    ours = ours.set_index("scenario")
+    p = paper[(paper["dataset"] == dataset) & (paper["metric"] == metric)]
+    out = []
+    for sc in scenarios:
+        ps = p[p["scenario"] == sc]
+        pick = ps.loc[ps["value"].idxmin() if lower else ps["value"].idxmax()]
+        if sc not in ours.index:
+            continue
+        mine = ours.loc[sc]
+        sel = metrics[(metrics["dataset"] == dataset) & (metrics["metric"] == metric) & (metrics["scenario"] == sc)
+                      & (metrics["method"] == mine["best"])]["value"]
+        met = mine["value"] <= pick["value"] if lower else mine["value"] >= pick["value"]
+        out.append({"scenario": sc, "paper best": pick["method"], "paper": pick["value"], "our best": mine["best"],
+                    "ours": mine["value"], "std": sel.std(), "met": bool(met)})
+    return pd.DataFrame(out).set_index("scenario")
+
+
+def intervals(per_user: pd.DataFrame, dataset: str, reference: str, others: list[str], *,
+              metrics: tuple[str, ...] = ("MAE", "NDCG@3"), confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """:func:`paired_interval` of ``reference`` against each of ``others``, one row per (other, metric).
+
+    Columns: ``other, metric, difference`` (reference − other, mean over shared (seed, user) units),
+    ``low, high`` (the BCa interval), ``units``, ``seeds`` and ``verdict``: "reference better",
+    "other better", "no difference shown" (the interval contains 0) or, when every per-user difference
+    is the same number (two constant predictors), "no interval (every difference equal)".
+    """
+    rows = []
+    for other in others:
+        for metric in metrics:
+            r = paired_interval(per_user, reference, other, metric, dataset, confidence=confidence, seed=seed)
+            lower = LOWER_IS_BETTER[metric]
+            if not (np.isfinite(r["low"]) and np.isfinite(r["high"])):
+                verdict = "no interval (every difference equal)"
+            elif r["low"] <= 0 <= r["high"]:
+                verdict = "no difference shown"
+            elif (r["high"] < 0) == lower:
+                verdict = "reference better"
+            else:
+                verdict = "other better"
+            rows.append({"other": other, "metric": metric, "difference": r["mean_difference"], "low": r["low"],
+                         "high": r["high"], "units": r["units"], "seeds": r["seeds"], "verdict": verdict})
+    return pd.DataFrame(rows)

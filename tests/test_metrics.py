@@ -446,3 +446,24 @@ def test_ndcg_ties_by_hand():
     assert float(ndcg_at_k(pred, y, k=2, ties="pessimistic")) == pytest.approx((7 * d[0] + 31 * d[1]) / ideal)
     with pytest.raises(ValueError, match="ties"):
         ndcg_at_k(pred, y, ties="random")
+
+
+def test_ndcg_variants_by_hand():
+    """One user, one scenario: every variant of ndcg_variants against a hand computation."""
+    from mamo_lite.evaluate import ndcg_variants
+
+    y = t([5, 3, 1])
+    pred = t([1.0, 1.0, 1.0])  # a constant: only the tie rule orders the items
+    batch = make_batch(y=y, scenario=torch.zeros(1, 3, dtype=torch.long), mask=torch.ones(1, 3, dtype=torch.bool),
+                       user_cold=torch.tensor([False]))
+    v = ndcg_variants(pred, batch, rating_range=(1, 5), clips=(3,), scenarios=("W-W",)).set_index(
+        ["average", "gain", "ties"])["NDCG"]
+    d = [1 / math.log2(n + 1) for n in (1, 2, 3)]
+    ideal_exp = 31 * d[0] + 7 * d[1] + 1 * d[2]
+    ideal_lin = 5 * d[0] + 3 * d[1] + 1 * d[2]
+    for average in ("user", "clip=3"):
+        assert v[(average, "exponential", "optimistic")] == pytest.approx(1.0)
+        assert v[(average, "exponential", "position")] == pytest.approx(1.0)  # query order happens to be ideal
+        assert v[(average, "exponential", "pessimistic")] == pytest.approx((1 * d[0] + 7 * d[1] + 31 * d[2]) / ideal_exp)
+        assert v[(average, "linear", "pessimistic")] == pytest.approx((1 * d[0] + 3 * d[1] + 5 * d[2]) / ideal_lin)
+    assert len(v) == 2 * 2 * 3
