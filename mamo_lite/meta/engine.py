@@ -325,7 +325,7 @@ def gather_rows(model: nn.Module, fast: Params, task: dict) -> tuple[Params, dic
         pieces = [_site(task, s) for s in sites]
         idx = torch.cat([torch.zeros(1, dtype=pieces[0].dtype, device=pieces[0].device)]
                         + [p.reshape(-1) for p in pieces])
-        first = (idx.unsqueeze(-1) == idx.unsqueeze(-2)).to(torch.uint8).argmax(-1)
+        first = (idx.unsqueeze(-1) == idx.unsqueeze(-2)).to(torch.uint8).argmax(-1).to(idx.dtype)
         fast[name] = F.embedding(idx, fast[name])
         start = 1
         for s, p in zip(sites, pieces):
