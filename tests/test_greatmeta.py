@@ -407,8 +407,9 @@ def test_minority_users_on_a_planted_case(float64, method):
     b = b.replace(support_y=y.expand(4, 4).clone(), query_y=y.expand(4, 3).clone())
     learner = tiny_learner(method, **(RATES if method == "greatmeta" else {}))
     table = minority_users(learner, b, quantile=0.25, chunk=3)
-    assert list(table.columns) == ["user_id", "n_ratings", "mean_rating", "gradient_cosine", "profile_distance",
+    assert list(table.columns) == ["user", "n_ratings", "mean_rating", "gradient_cosine", "profile_distance",
                                    "minority_gradient", "minority_profile"]
+    assert table.user.tolist() == b.user_ids.tolist()
     # histograms: mean (.25, 0, 0, 0, .75): distances ½(.25 + .25) and ½(.75 + .75)
     assert table.profile_distance.tolist() == pytest.approx([0.25, 0.25, 0.25, 0.75])
     assert table.n_ratings.tolist() == [7] * 4 and table.mean_rating.tolist() == pytest.approx([5, 5, 5, 1])

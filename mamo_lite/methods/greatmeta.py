@@ -114,6 +114,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, grad_and_value
 
 from mamo_lite.data.tasks import FeatureSpec, TaskBatch
+from mamo_lite.groups import batch_ratings, histogram_distance, label_groups
 from mamo_lite.meta.engine import MetaConfig, MetaLearner, Params, Path, adapt, map_users
 from mamo_lite.models.recommender import (
     EmbeddingRecommender,
@@ -517,13 +518,14 @@ def minority_users(learner: MetaLearner, batch: TaskBatch, *, path: Path = "vmap
                    names: Sequence[str] | None = None, quantile: float = 0.2) -> pd.DataFrame:
     """A tidy per-user table that says which users are a minority, two ways, at the learner's current weights.
 
-    Columns: ``user_id``, ``n_ratings`` and ``mean_rating`` (support and query ratings), ``gradient_cosine``
+    Columns: ``user``, ``n_ratings`` and ``mean_rating`` (support and query ratings), ``gradient_cosine``
     (cosine of the user's meta-gradient, all ``names`` tensors flattened together, to the mean meta-gradient
     of the users of ``batch``: the abstract's "imbalanced meta-model" is one whose mean gradient points away
-    from these users), ``profile_distance`` (total-variation distance ½‖p_u − p̄‖₁ between the user's
-    rating histogram over the scale's values and the users' mean histogram), and the labels
-    ``minority_gradient`` (``gradient_cosine`` in the lowest ``quantile``) and ``minority_profile``
-    (``profile_distance`` in the highest ``quantile``). Two passes of ``chunk`` users (memory-bounded).
+    from these users), ``profile_distance`` (:func:`mamo_lite.groups.histogram_distance` of the user's
+    support and query ratings from the batch users' mean histogram), and the labels ``minority_gradient``
+    (``gradient_cosine`` in the lowest ``quantile``) and ``minority_profile`` (``profile_distance`` in the
+    highest ``quantile``), both by :func:`mamo_lite.groups.label_groups`. Two passes of ``chunk`` users
+    (memory-bounded). Model-free labels (the taste distance) and per-group metrics: :mod:`mamo_lite.groups`.
     """
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"quantile must lie in (0, 1), got {quantile}")
@@ -541,19 +543,18 @@ def minority_users(learner: MetaLearner, batch: TaskBatch, *, path: Path = "vmap
     cosine = (torch.cat(dots) / (torch.cat(norms) * mean.norm()).clamp(min=1e-12)).cpu()
 
     spec = learner.model.spec
-    values = torch.arange(round(spec.rating_max - spec.rating_min) + 1, dtype=torch.float64) + spec.rating_min
-    y = torch.cat([batch.support_y, batch.query_y], 1).cpu().double()
-    m = torch.cat([batch.support_mask, batch.query_mask], 1).cpu()
-    counts = ((y.round().unsqueeze(-1) == values) & m.unsqueeze(-1)).sum(1).double()  # [B, n_values]
-    n = m.sum(1).double()
-    hist = counts / n.clamp(min=1).unsqueeze(1)
-    distance = 0.5 * (hist - hist.mean(0, keepdim=True)).abs().sum(1)
-    table = pd.DataFrame({
-        "user_id": batch.user_ids.cpu().numpy(), "n_ratings": n.long().numpy(),
-        "mean_rating": ((y * m).sum(1) / n.clamp(min=1)).numpy(),
-        "gradient_cosine": cosine.double().numpy(), "profile_distance": distance.numpy()})
-    table["minority_gradient"] = table.gradient_cosine <= table.gradient_cosine.quantile(quantile)
-    table["minority_profile"] = table.profile_distance >= table.profile_distance.quantile(1 - quantile)
+    values = range(round(spec.rating_min), round(spec.rating_max) + 1)
+    ratings = batch_ratings(batch)
+    basic = ratings.groupby("user", sort=False)["rating"].agg(n_ratings="count", mean_rating="mean")
+    users = batch.user_ids.cpu().numpy()
+    table = pd.DataFrame({"user": users, "n_ratings": basic["n_ratings"].reindex(users).to_numpy(),
+                          "mean_rating": basic["mean_rating"].reindex(users).to_numpy(),
+                          "gradient_cosine": cosine.double().numpy()})
+    table["profile_distance"] = histogram_distance(ratings, values=values).set_index("user")[
+        "histogram_distance"].reindex(users).to_numpy()
+    for column, label, minority in (("gradient_cosine", "minority_gradient", "low"),
+                                    ("profile_distance", "minority_profile", "high")):
+        table[label] = label_groups(table, column, quantile=quantile, minority=minority)["group"].eq("minority")
     return table
 
 
