@@ -190,3 +190,14 @@ def test_a_contrarian_user_is_the_minority_end_to_end():
     out = group_metrics(per_user, groups)
     assert out.set_index("group")["value"].to_dict() == {"majority": 0.5, "minority": 2.0, "all": 1.0}
     assert out["users"].tolist() == [2, 1, 3]
+
+
+def test_docstrings_are_valid_restructuredtext():
+    """The API page renders these with autodoc under a strict build."""
+    from test_greatmeta import rst_problems
+
+    import mamo_lite.data.protocol
+    import mamo_lite.groups
+
+    for module in (mamo_lite.groups, mamo_lite.data.protocol):
+        assert rst_problems(module.__doc__) == [], module.__name__

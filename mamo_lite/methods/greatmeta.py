@@ -39,32 +39,31 @@ Only the abstract and the authors' code exist for us (``notes/reference-code.md`
   1. per-user ``(L_i, g_i, f_i)`` as above; ``w = S(f)``;
   2. look-ahead ``θ' = step(θ, Σ_i w_i g_i)`` (differentiable in the scheduler through ``w``), the mean
      query loss at ``θ'`` without inner adaptation (as coded; ``lookahead_steps`` adapts first), and
-     one step of the scheduler's own optimiser on its gradient (clamped to ±``clip_value``);
+     one step of the scheduler's own optimiser on its gradient (clamped to ``±clip_value``);
   3. ``w* = S(f)`` with the updated scheduler; the meta-model steps on ``Σ_i w*_i g_i`` (clamped).
 
   The code recomputes every inner loop before step 3; the ``g_i`` and factors do not depend on the
   scheduler, so we reuse them: same update, half the cost [decision]. ``weighting="uniform"`` skips
   the scheduler (``w = 1/B``: the code's ``use_avg_grad`` path, which crashes as released).
 
-Options (fields of :class:`GreatMetaConfig`; defaults first, "as coded" marks the authors' behaviour):
+Options (fields of :class:`GreatMetaConfig`): ours first, then the alternatives; "as coded" marks the
+authors' behaviour.
 
-=====================  =========================================  =========================================
-option                 default (ours)                             alternatives
-=====================  =========================================  =========================================
-``conditioning``       ``"support"``: FiLM reads the support rows ``"query"`` (as coded): the rows predicted
-``lookahead``          ``"optimizer"``: the look-ahead is the     ``"sgd"`` (as coded): plain SGD at the
-                       step the meta-model takes (Adam with its   meta-model's rate, unclamped, while the
-                       current state, gradients clamped)          meta-model steps with Adam
-``lookahead_users``    ``"same"``: scored on the batch's queries  ``"held-out"``: two folds (even/odd users);
-                       (as coded)                                 each fold's step scored on the other's
-``gradients``          ``"independent"`` per-user copies          ``"aliased"`` (as coded, Errata 1)
-``inner_steps``        5 (the quickstart's setting)               3 reproduces the hard-coded count
-``first_order``        True (the code's effective algorithm)      False: exact second order through the
-                                                                  inner steps (Errata 3)
-``eval_adapts``        ``"same"`` tensors as in training (ψ)      ``"all"`` (as coded): ψ and embeddings
-``film_activation``    ``"none"`` (as coded, polynomial)             ``"relu"`` after h1 and h2
-``weighting``          ``"scheduler"``                            ``"uniform"`` (FOMAML with the encoder)
-=====================  =========================================  =========================================
+* ``conditioning``: ``"support"`` (default), FiLM reads the support rows; ``"query"`` (as coded), the
+  rows being predicted.
+* ``lookahead``: ``"optimizer"`` (default), the look-ahead is the step the meta-model takes (Adam with
+  its current state, gradients clamped); ``"sgd"`` (as coded, Errata 6), plain SGD at the meta-model's
+  rate, unclamped, while the meta-model steps with Adam.
+* ``lookahead_users``: ``"same"`` (default, as coded), the look-ahead is scored on the batch's own
+  queries; ``"held-out"``, two folds (even/odd users), each fold's step scored on the other's queries.
+* ``gradients``: ``"independent"`` (default), per-user copies; ``"aliased"`` (as coded, Errata 1).
+* ``inner_steps``: 5 (default, the quickstart's setting); 3 reproduces the hard-coded count (Errata 2).
+* ``first_order``: True (default, the code's effective algorithm); False, the exact second order
+  through the inner steps (Errata 3).
+* ``eval_adapts``: ``"same"`` (default), the tensors adapted in training (ψ); ``"all"`` (as coded,
+  Errata 4), ψ and the embeddings.
+* ``film_activation``: ``"none"`` (default, as coded: a polynomial); ``"relu"`` after h1 and h2.
+* ``weighting``: ``"scheduler"`` (default); ``"uniform"`` (FOMAML with the encoder).
 
 Other settings as coded (§3.8): 32-dimensional field embeddings, FiLM widths (64, 64), ρ = 5e-6,
 Adam 5e-5 for the meta-model and the scheduler, 32 users per batch, gradients clamped to ±10 by value
@@ -74,10 +73,11 @@ bias leaves the meta-model badly calibrated and its inner loop spends itself on 
 code divides by the configured 32 even for a smaller last batch, §3.11), and validation picks the
 best epoch by MAE through :func:`mamo_lite.train.fit`.
 
-Imbalance: :func:`minority_users` labels users measurably at a fixed checkpoint (any learner).
+Imbalance: :func:`minority_users` labels users measurably at a fixed checkpoint (any learner);
+model-free labels and per-group metrics are in :mod:`mamo_lite.groups`.
 
-Errata
-------
+**Errata**
+
 1. **Aliased per-user gradients.** GreatMeta's gradient collector (GM:MetaUtils.py L127-149) keeps the
    first user's gradient tensors by reference and adds every later user's gradient into them in place,
    so the applied update is ``w_0·Σ_j g_j + Σ_{i≥1} w_i g_i`` instead of ``Σ_i w_i g_i`` and user 0's
