@@ -1,4 +1,4 @@
-"""MAMO's cold-start protocol, the loader and its cache, on the hand-written fixtures.
+"""MAMO's cold-start protocol, GreatMeta's protocol, the loader and its cache, on the hand-written fixtures.
 
 Expected values are worked out by hand from tests/fixtures (see the comments in each test). The
 fixtures are tiny, so most tests use a scaled-down protocol: keep 4 ratings per user, support = the

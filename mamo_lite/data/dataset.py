@@ -239,8 +239,7 @@ class ColdStartData:
             ("test users", c["users_test"]),
             ("seed", self.seed),
         ]
-        return pd.DataFrame({"value": np.array([v for _, v in rows], dtype=object)},
-                            index=pd.Index([k for k, _ in rows], name="quantity"))
+        return _quantities(rows)
 
     def _greatmeta_summary(self) -> pd.DataFrame:
         c = self.provenance["counts"]
@@ -268,8 +267,7 @@ class ColdStartData:
             ("test users", c["users_test"]),
             ("seed", self.seed),
         ]
-        return pd.DataFrame({"value": np.array([v for _, v in rows], dtype=object)},
-                            index=pd.Index([k for k, _ in rows], name="quantity"))
+        return _quantities(rows)
 
     def __repr__(self) -> str:
         c = self.provenance["counts"]
@@ -301,6 +299,12 @@ class ColdStartData:
                    protocol=protocol_from_dict(meta["protocol"]), seed=meta["seed"],
                    release=meta["release"], provenance=meta["provenance"], **tables,
                    splits={name: arrays[f"split.{name}"] for name in meta["splits"]}, vocabs=meta["vocabs"])
+
+
+def _quantities(rows: list[tuple[str, object]]) -> pd.DataFrame:
+    """``(quantity, value)`` pairs as :meth:`ColdStartData.summary`'s one-column frame."""
+    return pd.DataFrame({"value": np.array([v for _, v in rows], dtype=object)},
+                        index=pd.Index([k for k, _ in rows], name="quantity"))
 
 
 # ------------------------------------------------------------------------------- cache format
