@@ -18,7 +18,7 @@ import pandas as pd
 
 from mamo_lite.evaluate import summarise
 
-__all__ = ["PAPER_NAMES", "Cells", "best_rows", "coverage", "intervals", "load_cells", "paired_interval",
+__all__ = ["PAPER_NAMES", "Cells", "best_rows", "coverage", "intervals", "load_cells", "paired_interval", "ranks",
            "side_by_side", "table", "targets"]
 
 LOWER_IS_BETTER = {"MAE": True, "RMSE": True, "NDCG@3": False}
@@ -97,7 +97,9 @@ def paired_interval(per_user: pd.DataFrame, a: str, b: str, metric: str, dataset
     The units are (seed, user) pairs that both rows scored: each seed's split has its own test users,
     and within a seed both rows predicted the same users, so the difference is paired. The interval is
     ``scipy.stats.bootstrap`` (BCa) of the mean difference over those units. For MAE a negative
-    difference means ``a`` is better; for NDCG@3 a positive one.
+    difference means ``a`` is better; for NDCG@3 a positive one. When every unit's difference is the
+    same number (e.g. two per-user constants ranked alike), there is no interval: ``low`` and
+    ``high`` are NaN.
     """
     from scipy.stats import bootstrap
 
@@ -108,10 +110,14 @@ def paired_interval(per_user: pd.DataFrame, a: str, b: str, metric: str, dataset
     diff = (wide[a] - wide[b]).dropna().to_numpy()
     if len(diff) < 2:
         raise ValueError(f"{dataset}: fewer than two shared users for {a!r} and {b!r}")
-    res = bootstrap((diff,), np.mean, confidence_level=confidence, n_resamples=n_resamples, method="BCa",
-                    random_state=np.random.default_rng(seed))
+    if np.ptp(diff) == 0:  # every unit differs by the same number (two constants): nothing to resample
+        low = high = float("nan")
+    else:
+        res = bootstrap((diff,), np.mean, confidence_level=confidence, n_resamples=n_resamples, method="BCa",
+                        random_state=np.random.default_rng(seed))
+        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return {"a": a, "b": b, "dataset": dataset, "metric": metric, "mean_difference": float(diff.mean()),
-            "low": float(res.confidence_interval.low), "high": float(res.confidence_interval.high),
+            "low": low, "high": high,
             "units": len(diff), "seeds": int(sel["seed"].nunique())}
 
 
@@ -235,3 +241,18 @@ def intervals(per_user: pd.DataFrame, dataset: str, reference: str, others: list
             rows.append({"other": other, "metric": metric, "difference": r["mean_difference"], "low": r["low"],
                          "high": r["high"], "units": r["units"], "seeds": r["seeds"], "verdict": verdict})
     return pd.DataFrame(rows)
+
+
+def ranks(metrics: pd.DataFrame, dataset: str, metric: str = "MAE", *,
+          scenarios: tuple[str, ...] = SCENARIOS_ALL) -> pd.DataFrame:
+    """Rank of every row per scenario by its mean over seeds (1 = best), among the rows with every seed.
+
+    Rows that lack a seed (diverged or unfinished) are left out, as in :func:`best_rows`. Ties share the
+    lower rank. Index: method; columns: scenarios; values: ``Int64`` ranks.
+    """
+    m = metrics[(metrics["dataset"] == dataset) & (metrics["metric"] == metric) & metrics["scenario"].isin(scenarios)]
+    counts = m.groupby("method")["seed"].nunique()
+    m = m[m["method"].isin(counts[counts == counts.max()].index)]
+    means = m.groupby(["method", "scenario"])["value"].mean().unstack("scenario")
+    out = means.rank(ascending=LOWER_IS_BETTER[metric], method="min").astype("Int64")
+    return out.reindex(columns=[s for s in scenarios if s in out.columns])

@@ -43,7 +43,8 @@ import torch
 from mamo_lite.reproduce import BUDGETS, Budget, Row, _commit, _data_identity, run_cell, slug
 from mamo_lite.utils import atomic_write_text, json_safe, progress, resolve_device, seed_everything, versions
 
-__all__ = ["FIG2", "FIG4_METHODS", "STUDY_BUDGETS", "Point", "fig2", "fig4", "load_fig2", "load_fig4"]
+__all__ = ["FIG2", "FIG4_METHODS", "STUDY_BUDGETS", "Point", "fig2", "fig2_key", "fig4", "fig4_key", "load_fig2",
+           "load_fig4"]
 
 DATASET = "movielens-1m"  # the paper's parameter studies are on MovieLens (§3.2)
 
@@ -109,6 +110,19 @@ def _key(payload: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def fig2_key(point: Point, seed: int, budget: Budget, data) -> str:
+    """What a Fig. 2 point's numbers depend on, hashed (its file is recomputed when this changes)."""
+    return _key({"study": "fig2", "method": "mamo", "overrides": point.overrides, "protocol": point.protocol,
+                 "seed": seed, "budget": asdict(budget), "data": _data_identity(data)})
+
+
+def fig4_key(method: str, support: int, seed: int, budget: Budget, data) -> str:
+    """What a Fig. 4 curve's numbers depend on, hashed."""
+    return _key({"study": "fig4", "method": method, "protocol": {"n_support": support}, "seed": seed,
+                 "budget": asdict(budget), "steps": FIG4_STEPS, "nmf_factor": FIG4_NMF_EPOCH_FACTOR,
+                 "data": _data_identity(data)})
+
+
 def _cached(path: Path, key: str, compute: Callable[[], dict], meta: dict) -> dict:
     """The stored result at ``path`` if its key matches, else ``compute()`` written there atomically."""
     if path.is_file():
@@ -156,9 +170,7 @@ def fig2(panels: Iterable[str] | None = None, seeds: Iterable[int] = range(3), b
     try:
         for point, seed in todo:
             data = loader(DATASET, seed=seed, protocol=point.protocol or None)
-            ident = {"study": "fig2", "method": "mamo", "overrides": point.overrides, "protocol": point.protocol,
-                     "seed": seed, "budget": asdict(budget), "data": _data_identity(data)}
-            key = _key(ident)
+            key = fig2_key(point, seed, budget, data)
             path = out / slug(point.panel) / slug(str(point.value)) / f"seed{seed}.json"
             if key in done:  # the shared default point: the same numbers, stored again under this panel
                 cell = _cached(path, key, lambda c=done[key]: {k: c[k] for k in ("rows", "info", "provenance")},
@@ -282,9 +294,7 @@ def fig4(methods: Iterable[str] = FIG4_METHODS, support: Iterable[int] = FIG4_SU
         for method, size, seed in todo:
             protocol = {"n_support": size}
             data = loader(DATASET, seed=seed, protocol=protocol)
-            ident = {"study": "fig4", "method": method, "protocol": protocol, "seed": seed, "budget": asdict(budget),
-                     "steps": FIG4_STEPS, "nmf_factor": FIG4_NMF_EPOCH_FACTOR, "data": _data_identity(data)}
-            _cached(out / slug(method) / f"s{size}" / f"seed{seed}.json", _key(ident),
+            _cached(out / slug(method) / f"s{size}" / f"seed{seed}.json", fig4_key(method, size, seed, budget, data),
                     lambda m=method, d=data, k=seed: {**_fig4_cell(m, d, k, budget, dev),
                                                       "provenance": _provenance(dev, d, budget)},
                     {"method": method, "support": size, "seed": seed})

@@ -124,8 +124,7 @@ def test_interval_table_verdicts():
     assert v[("same", "MAE")] == "no difference shown"
     assert t.set_index(["other", "metric"]).loc[("worse", "MAE"), "difference"] == pytest.approx(-0.1, abs=0.003)
     frames[1]["MAE"] = base  # every difference exactly -0.1: the bootstrap has no spread to resample
-    with pytest.warns(Warning):
-        flat = results.intervals(pd.concat(frames), "d", "ref", ["worse"], metrics=("MAE",))
+    flat = results.intervals(pd.concat(frames), "d", "ref", ["worse"], metrics=("MAE",))
     assert flat["verdict"].item() == "no interval (every difference equal)"
 
 
@@ -134,3 +133,10 @@ def test_coverage_counts_seeds_and_divergences(cells):
     runs.loc[(runs["method"] == "MAMO") & (runs["seed"] == 1), "diverged"] = "diverged (test)"
     c = results.coverage(results.Cells(cells.metrics, cells.per_user, runs), seeds=2)
     assert c.loc["MAMO", "synthetic"] == "1/2, 1 diverged" and c.loc["global median", "synthetic"] == "2/2"
+
+
+def test_ranks_leave_out_incomplete_rows():
+    m = _metrics([("A", "d", "W-W", "MAE", s, 0.9) for s in (0, 1)] + [("B", "d", "W-W", "MAE", s, 0.7) for s in (0, 1)]
+                 + [("C", "d", "W-W", "MAE", 0, 0.1)] + [("D", "d", "W-W", "MAE", s, 0.9) for s in (0, 1)])
+    r = results.ranks(m, "d", scenarios=("W-W",))
+    assert r["W-W"].to_dict() == {"A": 2, "B": 1, "D": 2}

@@ -142,3 +142,42 @@ def test_shared_point_has_the_same_numbers_as_a_table1_mamo_cell():
     point = rp.run_cell("MAMO", "synthetic", 0, "smoke", data=data, row=rp.Row("meta", "mamo", {}))
     assert cell["rows"] == point["rows"]
     assert torch.isfinite(torch.tensor([r["value"] for r in cell["rows"]])).all()
+
+
+# -- the committed figures cannot drift from the code ----------------------------------------------------
+
+COMMITTED = rp.ROOT / "results"
+
+
+def _committed(path):
+    if not path.is_file():
+        pytest.skip(f"{path.relative_to(rp.ROOT)} is not committed")
+    from nbval_replay import missing_datasets
+
+    if missing_datasets([studies.DATASET]):
+        pytest.skip(f"needs {studies.DATASET} (set MAMO_LITE_DATA)")
+    return json.loads(path.read_text())
+
+
+def test_committed_fig2_default_point_has_the_key_this_code_computes():
+    stored = _committed(COMMITTED / "fig2" / "rho" / "0-01" / "seed0.json")
+    point = next(p for p in studies.FIG2["rho"] if p.default)
+    data = load(studies.DATASET, seed=0)
+    assert stored["key"] == studies.fig2_key(point, 0, studies.STUDY_BUDGETS["book"], data)
+
+
+def test_a_committed_fig4_curve_is_recomputed_within_the_replay_tolerance(tmp_path):
+    """NMF at |S| = 5, seed 0 (seconds): recomputed into a fresh folder, the same curves within tolerance."""
+    from nbval_replay import TOLERANCES
+
+    stored = _committed(COMMITTED / "fig4" / "nmf" / "s5" / "seed0.json")
+    data = load(studies.DATASET, seed=0, protocol={"n_support": 5})
+    assert stored["key"] == studies.fig4_key("NMF", 5, 0, studies.STUDY_BUDGETS["book"], data)
+    studies.fig4(["NMF"], [5], [0], "book", out=tmp_path, show_progress=False)
+    again = json.loads((tmp_path / "nmf" / "s5" / "seed0.json").read_text())
+    tol = TOLERANCES["trained"]
+    old = [r["MAE"] for r in stored["testing"]] + [r["value"] for r in stored["training"]]
+    new = [r["MAE"] for r in again["testing"]] + [r["value"] for r in again["training"]]
+    assert len(old) == len(new)
+    bad = [(a, b) for a, b in zip(old, new, strict=True) if not tol.allows(a, b)]
+    assert not bad, f"recomputed curve moved beyond {tol.describe()}: {bad[:5]}"
