@@ -1,10 +1,12 @@
 """MAMO's equations (Dong et al. KDD 2020, Eqs. 3–12) checked on tiny tensors."""
 
+import copy
 import io
 import math
 
 import pytest
 import torch
+from helpers import tiny_batch
 
 from mamo_lite.data.tasks import FeatureSpec, Field, TaskBatch
 from mamo_lite.meta import (
@@ -26,6 +28,7 @@ from mamo_lite.methods.memories import (
     read,
 )
 from mamo_lite.models import EmbeddingRecommender, RecommenderConfig
+from mamo_lite.models.recommender import GROUPS
 
 SPEC = FeatureSpec((Field("gender", "categorical", 3), Field("age", "categorical", 5)),
                    (Field("rate", "categorical", 4), Field("genre", "multi", 7)), 1.0, 5.0)
@@ -255,3 +258,58 @@ def test_config_errors_name_the_parameter():
                     MetaConfig(local_groups=("decision",)))
     with pytest.raises(ValueError, match="preference"):
         MAMOLearner(EmbeddingRecommender(SPEC, RecommenderConfig(embed_dim=8, preference="none")), MetaConfig())
+
+
+# -- the M_U write (Eq. 6) taken from the main pass == its separate pass ----------------------------
+
+FUSED_CASES = {
+    "default": {},
+    "sum": {"reduction": "sum"},
+    "weights-only": {"gradient_params": "weights"},
+    "per-item": {"local_update": "per-item"},
+    # the authors' configuration on a tiny network: every group local (profile tables too), gathered rows
+    "authors-gathered": {"preference": "code", "head": "classification", "tau": 0.01, "local_groups": GROUPS,
+                         "gradient_params": "weights", "reduction": "sum", "gather": True},
+}
+
+
+@pytest.mark.parametrize("path", ["vmap", "loop"])
+@pytest.mark.parametrize("first_order", [True, False], ids=["first", "second"])
+@pytest.mark.parametrize("case", list(FUSED_CASES))
+def test_fused_memory_write_equals_the_separate_pass(float64, case, first_order, path):
+    """``fused_memory_write``: the same Eq. 6 gradients, meta-gradients (Eq. 12), losses and memory writes."""
+    extra = dict(FUSED_CASES[case])
+    gather = extra.pop("gather", False)
+    learner = mamo(seed=3, first_order=first_order, inner_steps=2, local_lr=0.1, **extra)
+    learner.gather_rows = gather
+    batch = tiny_batch(SPEC, n_users=4, masks="ragged", seed=5)
+    assert learner.fused_memory_write is False and learner.aux_taps() == {}  # opt-in
+    plain = meta_gradient(learner, batch, path=path, with_aux=True)
+    learner.fused_memory_write = True
+    assert set(learner.aux_taps()) == {f"gradient:{n}" for n in learner.gradient_memory_dict()}
+    fused = meta_gradient(learner, batch, path=path, with_aux=True)
+    assert set(fused[2]) == set(plain[2])
+    for a, b in zip(fused, plain):  # grads, per-user query losses, aux (the Eq. 6 gradients among them)
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+    assert all(plain[2][k].abs().sum() > 0 for k in plain[2] if k.startswith("gradient:"))  # not zeros
+    # a whole meta-step: the same memories (Eqs. 5, 6, 8) and global parameters afterwards
+    twin = copy.deepcopy(learner)
+    twin.fused_memory_write = False
+    meta_step(learner, batch, make_optimizer(learner), path=path)
+    meta_step(twin, batch, make_optimizer(twin), path=path)
+    for k, v in learner.memory_state().items():
+        torch.testing.assert_close(v, twin.memory_state()[k], rtol=1e-10, atol=1e-13, msg=k)
+    for (n, p), q in zip(learner.model.named_parameters(), twin.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-13, msg=n)
+
+
+def test_fused_memory_write_falls_back_where_it_cannot_fuse():
+    """The support-set gradient at θ̂ is not in the main pass; without ``M_U`` there is nothing to write."""
+    batch = make_batch()
+    for kw in ({"gradient_source": "support"}, {"use_bias": False}):
+        learner = mamo(**kw)
+        plain = meta_gradient(learner, batch, with_aux=True)
+        learner.fused_memory_write = True
+        assert learner.aux_taps() == {}
+        for a, b in zip(meta_gradient(learner, batch, with_aux=True), plain):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)  # the same code runs

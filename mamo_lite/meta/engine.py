@@ -45,6 +45,8 @@ Path = Literal["vmap", "loop"]
 
 _CONFIG_KINDS: dict[str, type] = {}  # MetaConfig subclasses by ``kind`` (for ``MetaConfig.from_dict``)
 _IN_VMAP: ContextVar[bool] = ContextVar("mamo_lite_in_vmap", default=False)
+AUX_TAPS = "aux_taps"
+"""The per-user input key under which :func:`meta_gradient` passes the zero taps of :meth:`MetaLearner.aux_taps`."""
 
 
 def in_vmap() -> bool:
@@ -189,6 +191,19 @@ class MetaLearner(nn.Module):
 
     def user_aux(self, params: Params, fast: Params, context: dict, task: dict) -> dict[str, Tensor]:
         """Per-user values a learner needs after adaptation (MAMO: what its memories write)."""
+        return {}
+
+    def aux_taps(self) -> dict[str, str]:
+        """Per-user gradients the engine takes from the main pass's graph: ``{aux key: local parameter}``.
+
+        For each entry the engine adds a zero "tap" to the user's adapted fast copy of the parameter just
+        before the query loss (:func:`user_query_loss`) and differentiates the meta-objective w.r.t. the taps
+        as well as ``φ`` (:func:`meta_gradient`); the tap's gradient, rescaled by the batch reduction, is
+        ``∂L_Q/∂θ̂`` of that user at its adapted weights and lands in ``aux[key]``. One backward pass then
+        gives both the meta-gradient and these gradients. Default: none (MAMO's opt-in
+        ``fused_memory_write`` names the ``M_U`` gradients of Eq. 6). Only the default per-user algorithm
+        applies the taps: a learner that overrides :meth:`user_objective` must return ``{}`` here.
+        """
         return {}
 
     @torch.no_grad()
@@ -356,12 +371,17 @@ def user_query_loss(learner: MetaLearner, params: Params, memories: dict, task: 
     """Algorithm 1 for one user: personalised init, local updates, query loss (+ aux).
 
     With ``learner.gather_rows`` the local embedding tables are cut to the user's rows (:func:`gather_rows`)
-    after the initialisation.
+    after the initialisation. If ``task`` carries zero taps under :data:`AUX_TAPS` (``{parameter: zeros}``,
+    put there by :func:`meta_gradient` for :meth:`MetaLearner.aux_taps`), they are added to the adapted
+    weights before the query loss.
     """
     fast, context = learner.init_fast(params, memories, task)
     if learner.gather_rows:
         fast, task = gather_rows(learner.model, fast, task)
     fast = adapt(learner, params, fast, task)
+    taps = task.get(AUX_TAPS)
+    if taps:  # zero taps whose gradients are ∂L_Q/∂θ̂ (MetaLearner.aux_taps): values unchanged
+        fast = {**fast, **{n: fast[n] + z for n, z in taps.items()}}
     loss = learner.task_loss(params, fast, task, "query")
     aux = learner.user_aux(params, fast, context, task) if with_aux else {}
     return loss, aux
@@ -407,7 +427,8 @@ def meta_gradient(learner: MetaLearner, batch: TaskBatch, *, path: Path = "vmap"
     """Meta-gradient of Eq. 12 over a batch of users.
 
     Returns ``(grads, per_user_query_losses, aux)``; ``grads`` are w.r.t. ``learner.global_names()``
-    of the reduced (mean or sum) query loss. Nothing is modified.
+    of the reduced (mean or sum) query loss. Nothing is modified. With ``with_aux`` and a learner that
+    names :meth:`MetaLearner.aux_taps`, the same backward pass also gives those per-user gradients.
     """
     all_params = {n: p.detach() for n, p in learner.params().items()}
     names = learner.global_names()
@@ -415,15 +436,25 @@ def meta_gradient(learner: MetaLearner, batch: TaskBatch, *, path: Path = "vmap"
     memories = {k: v.detach() for k, v in learner.memory_state().items()}
     inputs = learner.batch_inputs(batch)
 
-    def total(phi: Params):
+    def total(phi: Params, zeros: Params | None = None):
         params = {**fixed, **phi}
         losses, aux = map_users(lambda task: learner.user_objective(params, memories, task, with_aux),
-                                inputs, path, len(batch))
+                                {**inputs, AUX_TAPS: zeros} if zeros else inputs, path, len(batch))
         red = losses.sum() if learner.config.reduction == "sum" else losses.mean()
         return red, (losses, aux)
 
-    grads, (losses, aux) = grad(total, has_aux=True)({n: all_params[n] for n in names})
-    return grads, losses.detach(), {k: v.detach() for k, v in aux.items()}
+    phi0 = {n: all_params[n] for n in names}
+    taps = learner.aux_taps() if with_aux else {}
+    if not taps:
+        grads, (losses, aux) = grad(total, has_aux=True)(phi0)
+        return grads, losses.detach(), {k: v.detach() for k, v in aux.items()}
+    # fused: the same backward pass also differentiates w.r.t. zero taps on the adapted weights (aux_taps)
+    zeros = {n: all_params[n].new_zeros(len(batch), *all_params[n].shape) for n in dict.fromkeys(taps.values())}
+    (grads, tap_grads), (losses, aux) = grad(total, argnums=(0, 1), has_aux=True)(phi0, zeros)
+    scale = 1.0 if learner.config.reduction == "sum" else float(len(batch))  # d(mean)/dL_u = 1/B
+    aux = {k: v.detach() for k, v in aux.items()}
+    aux.update({key: (tap_grads[n] * scale).detach() for key, n in taps.items()})
+    return grads, losses.detach(), aux
 
 
 def predict(learner: MetaLearner, batch: TaskBatch, *, path: Path = "vmap", chunk: int = 256,

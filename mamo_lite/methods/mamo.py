@@ -87,7 +87,24 @@ def _buffer_name(param: str) -> str:
 
 
 class MAMOLearner(MetaLearner):
-    """MAMO as a configuration of the engine plus three memories (registered buffers)."""
+    """MAMO as a configuration of the engine plus three memories (registered buffers).
+
+    ``fused_memory_write`` (an engine option like ``gather_rows``, default ``False``; not a
+    hyper-parameter, so not in :class:`MAMOConfig` or checkpoints): Eq. 6 writes ``M_U`` with each user's
+    gradient ``∇_{θ_u} L`` at the adapted weights ``θ̂``. The plain path computes it in :meth:`user_aux` with
+    a separate forward and backward pass on detached copies. With the option on (and
+    ``gradient_source="query"``, ``use_bias=True``) it is taken from the main pass instead
+    (:meth:`~mamo_lite.meta.engine.MetaLearner.aux_taps`): the query loss of Eq. 12 is already evaluated at
+    ``θ̂``, and its backward pass already reaches ``θ̂_u`` on its way to ``φ_u`` (through Eq. 9, and
+    through Eq. 11 at second order), so the partial derivative w.r.t. a zero added to ``θ̂_u`` is exactly
+    the gradient Eq. 6 writes, for first and second order alike. Same quantity, same values to float
+    rounding (tests), one forward and backward pass fewer per user. With
+    ``gradient_source="support"`` the main pass never evaluates the support loss at ``θ̂`` (its last
+    support gradient is taken one step earlier), so the separate pass runs as before. The book's chapters
+    run with it off: the plain path stays the reference.
+    """
+
+    fused_memory_write: bool = False
 
     def __init__(self, model: EmbeddingRecommender, config: MetaConfig, mamo: MAMOConfig | None = None) -> None:
         super().__init__(model, config)
@@ -139,6 +156,14 @@ class MAMOLearner(MetaLearner):
             names = [n for n in names if n != "preference.weight"]
         return names
 
+    def aux_taps(self) -> dict[str, str]:
+        """With ``fused_memory_write``: the ``M_U`` gradients of Eq. 6 (``aux["gradient:<θ_u name>"]``) from
+        the main pass; otherwise none (the separate pass of :meth:`user_aux`)."""
+        mc = self.mamo_config
+        if not (self.fused_memory_write and mc.use_bias and mc.gradient_source == "query"):
+            return {}
+        return {f"gradient:{n}": n for n in self._user_params}
+
     # -- memories ----------------------------------------------------------------------------
     def gradient_memory_dict(self) -> dict[str, Tensor]:
         """``M_U`` as ``{parameter name: [K, *shape]}``."""
@@ -166,12 +191,16 @@ class MAMOLearner(MetaLearner):
         return fast, {"attention": a_u, "profile": p_u}
 
     def user_aux(self, params: Params, fast: Params, context: dict, task: dict) -> dict[str, Tensor]:
-        """What the writes need: ``a_u``, ``p_u``, the adapted ``M_{u,I}``, and ``∇_{θ_u} L``."""
+        """What the writes need: ``a_u``, ``p_u``, the adapted ``M_{u,I}``, and ``∇_{θ_u} L`` (Eqs. 5, 8, 6).
+
+        The gradient of Eq. 6 is a separate forward and backward pass here, unless :meth:`aux_taps` has the
+        engine take it from the main pass (``fused_memory_write``).
+        """
         mc = self.mamo_config
         aux = {"attention": context["attention"].detach(), "profile": context["profile"].detach()}
         if mc.use_preference:
             aux["preference"] = fast["preference.weight"].detach()
-        if mc.use_bias:
+        if mc.use_bias and not self.aux_taps():
             fixed = {k: v.detach() for k, v in fast.items()}
             consts = {k: v.detach() for k, v in params.items()}
             own = {n: fixed[n] for n in self._user_params}
