@@ -247,11 +247,13 @@ def ndcg_variants(pred: Tensor, batch: TaskBatch, *, rating_range: RatingRange, 
 
     The paper's per-scenario NDCG pools a scenario's (prediction, rating) pairs, cuts them into clips
     and averages NDCG over the clips; it gives neither the clip length, nor the gain (Eq. 15 reads
-    ``2^rel − 1``, many codes use ``rel``), nor how tied predictions are ranked. This evaluates each
-    combination: ``average`` ∈ {``user`` (Eq. 14: per user, users with ≥ 2 items in the scenario),
-    ``clip=c`` for each ``c`` in ``clips``}, ``gain`` ∈ {exponential, linear}, ``ties`` ∈ {position,
-    optimistic, pessimistic}. Returns tidy rows ``scenario, average, gain, ties, NDCG, n``.
-    Predictions are clipped to ``rating_range`` first, as everywhere.
+    ``2^rel − 1``; ``rel`` itself is common), nor how tied predictions are ranked, and the authors'
+    released ``utils.ndcg`` (never called) re-sorts the true ratings of the predicted top k before
+    discounting. This evaluates each combination: ``average`` ∈ {``user`` (Eq. 14: per user, users
+    with ≥ 2 items in the scenario), ``clip=c`` for each ``c`` in ``clips``}, ``gain`` ∈
+    {exponential, linear}, ``ties`` ∈ {position, optimistic, pessimistic}, ``top`` ∈ {ranked,
+    sorted}. Returns tidy rows ``scenario, average, gain, ties, top, NDCG, n``. Predictions are
+    clipped to ``rating_range`` first, as everywhere.
     """
     p, y, mask = _prepare(pred, batch, rating_range)
     scenario = batch.query_scenario.detach().cpu()
@@ -262,14 +264,15 @@ def ndcg_variants(pred: Tensor, batch: TaskBatch, *, rating_range: RatingRange, 
             continue
         for gain in ("exponential", "linear"):
             for ties in ("position", "optimistic", "pessimistic"):
-                agg = aggregate("NDCG", p, y, sel, average="user", k=k, min_items=2, gain=gain, ties=ties)
-                rows.append({"scenario": name, "average": "user", "gain": gain, "ties": ties,
-                             "NDCG": agg.value, "n": agg.n})
-                for c in clips:
-                    agg = aggregate("NDCG", p, y, sel, average="rating", k=k, clip=c, gain=gain, ties=ties)
-                    rows.append({"scenario": name, "average": f"clip={c}", "gain": gain, "ties": ties,
-                                 "NDCG": agg.value, "n": agg.n})
-    return pd.DataFrame(rows, columns=["scenario", "average", "gain", "ties", "NDCG", "n"])
+                for top in ("ranked", "sorted"):
+                    how = {"gain": gain, "ties": ties, "top": top}
+                    agg = aggregate("NDCG", p, y, sel, average="user", k=k, min_items=2, **how)
+                    rows.append({"scenario": name, "average": "user", **how, "NDCG": agg.value, "n": agg.n})
+                    for c in clips:
+                        agg = aggregate("NDCG", p, y, sel, average="rating", k=k, clip=c, **how)
+                        rows.append({"scenario": name, "average": f"clip={c}", **how, "NDCG": agg.value,
+                                     "n": agg.n})
+    return pd.DataFrame(rows, columns=["scenario", "average", "gain", "ties", "top", "NDCG", "n"])
 
 
 # MAMO Table 1 (KDD 2020), as printed: per method, the MAE and NDCG@3 rows over

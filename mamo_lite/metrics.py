@@ -31,6 +31,7 @@ Average = Literal["rating", "user"]
 MetricName = Literal["MAE", "RMSE", "NDCG"]
 Gain = Literal["exponential", "linear"]
 Ties = Literal["position", "optimistic", "pessimistic"]
+Top = Literal["ranked", "sorted"]
 
 
 def _mask(mask: Tensor | None, y: Tensor) -> Tensor:
@@ -84,20 +85,25 @@ def _rank(scores: Tensor, mask: Tensor, tiebreak: Tensor | None = None) -> Tenso
     return order.gather(-1, valid_first)
 
 
-def _dcg(scores: Tensor, gains: Tensor, mask: Tensor, k: int, tiebreak: Tensor | None = None) -> Tensor:
+def _dcg(scores: Tensor, gains: Tensor, mask: Tensor, k: int, tiebreak: Tensor | None = None,
+         top: Top = "ranked") -> Tensor:
     """Eq. 15: ``Σ_{n=1..k} gain_n / log2(n + 1)`` over the items ranked by ``scores``.
 
     Masked items are ranked after every valid one and carry gain 0, so when fewer than ``k`` items
-    are valid the sum simply runs over all of them.
+    are valid the sum simply runs over all of them. ``top="sorted"`` re-sorts the gains of the top
+    ``k`` items in descending order before discounting, as MAMO's released ``utils.ndcg`` does: only
+    *which* items reach the top ``k`` counts, not their order among themselves.
     """
     order = _rank(scores, mask, tiebreak)
     g = torch.where(mask, gains, torch.zeros_like(gains)).gather(-1, order)[..., :k]
+    if top == "sorted":
+        g = torch.sort(g, dim=-1, descending=True).values
     n = torch.arange(1, g.shape[-1] + 1, dtype=g.dtype, device=g.device)
     return (g / torch.log2(n + 1)).sum(-1)
 
 
 def ndcg_at_k(pred: Tensor, y: Tensor, mask: Tensor | None = None, k: int = 3, *,
-              gain: Gain = "exponential", ties: Ties = "position") -> Tensor:
+              gain: Gain = "exponential", ties: Ties = "position", top: Top = "ranked") -> Tensor:
     """Per-user graded NDCG@k, Eqs. 14–15 (the inner ratio ``DCG@k / IDCG@k``).
 
     * **Gain** ``2^y − 1`` of the true rating ``y``; **discount** ``log2(n + 1)`` for rank
@@ -119,7 +125,9 @@ def ndcg_at_k(pred: Tensor, y: Tensor, mask: Tensor | None = None, k: int = 3, *
     Variants, for finding out how the paper computed its numbers (it does not say): ``gain="linear"``
     uses the rating itself as the gain (Eq. 15 with ``rel = y``), which compresses the differences
     between ratings and raises every NDCG; ``ties="optimistic"`` / ``"pessimistic"`` break ties in the
-    prediction by the true rating, best / worst first (a constant predictor then scores 1 / its worst).
+    prediction by the true rating, best / worst first (a constant predictor then scores 1 / its worst);
+    ``top="sorted"`` ignores the order *within* the predicted top ``k`` (MAMO's released ``utils.ndcg``
+    re-sorts those items' true ratings before discounting), which raises every NDCG below 1.
     """
     _check(pred, y)
     if int(k) != k or k < 1:
@@ -128,12 +136,14 @@ def ndcg_at_k(pred: Tensor, y: Tensor, mask: Tensor | None = None, k: int = 3, *
         raise ValueError(f"gain must be 'exponential' or 'linear', got {gain!r}")
     if ties not in ("position", "optimistic", "pessimistic"):
         raise ValueError(f"ties must be 'position', 'optimistic' or 'pessimistic', got {ties!r}")
+    if top not in ("ranked", "sorted"):
+        raise ValueError(f"top must be 'ranked' or 'sorted', got {top!r}")
     m = _mask(mask, y)
     dtype = torch.promote_types(pred.dtype, torch.float32)
     pred, y = pred.to(dtype), y.to(dtype)
     gains = torch.pow(2.0, y) - 1.0 if gain == "exponential" else y.clone()
     tiebreak = None if ties == "position" else (y if ties == "optimistic" else -y)
-    dcg = _dcg(pred, gains, m, k, tiebreak)
+    dcg = _dcg(pred, gains, m, k, tiebreak, top)
     idcg = _dcg(y, gains, m, k)
     out = torch.where(idcg > 0, dcg / torch.where(idcg > 0, idcg, torch.ones_like(idcg)),
                       torch.ones_like(dcg))
@@ -156,7 +166,7 @@ def pool(pred: Tensor, y: Tensor, mask: Tensor | None = None) -> tuple[Tensor, T
 
 
 def ndcg_clips(pred: Tensor, y: Tensor, mask: Tensor | None = None, *, k: int = 3,
-               clip: int = 5, gain: Gain = "exponential", ties: Ties = "position") -> Tensor:
+               clip: int = 5, gain: Gain = "exponential", ties: Ties = "position", top: Top = "ranked") -> Tensor:
     """Per-clip NDCG@k of appendix A.2.3 (the paper's per-scenario NDCG); returns ``Tensor[n_clips]``.
 
     The valid pairs are concatenated over users (:func:`pool`: batch order, then query position),
@@ -175,7 +185,7 @@ def ndcg_clips(pred: Tensor, y: Tensor, mask: Tensor | None = None, *, k: int = 
       items (MAMO's fixed 5-item queries, ``clip=5``) the clips *are* the users and the two
       averages coincide; they part inside a scenario, where users contribute 1–5 items.
 
-    ``gain`` and ``ties`` as in :func:`ndcg_at_k`. Empty selection → an empty tensor.
+    ``gain``, ``ties`` and ``top`` as in :func:`ndcg_at_k`. Empty selection → an empty tensor.
     """
     if clip < k:
         raise ValueError(f"clip ({clip}) must be ≥ k ({k}) so that a full clip fills the top-k")
@@ -189,7 +199,8 @@ def ndcg_clips(pred: Tensor, y: Tensor, mask: Tensor | None = None, *, k: int = 
     padded_p[:keep], padded_t[:keep] = p[:keep], t[:keep]
     valid = torch.arange(size, device=p.device) < keep
     shape = (n_clips, clip)
-    return ndcg_at_k(padded_p.view(shape), padded_t.view(shape), valid.view(shape), k=k, gain=gain, ties=ties)
+    return ndcg_at_k(padded_p.view(shape), padded_t.view(shape), valid.view(shape), k=k, gain=gain, ties=ties,
+                     top=top)
 
 
 class Aggregate(NamedTuple):
@@ -202,7 +213,7 @@ class Aggregate(NamedTuple):
 
 def aggregate(metric: MetricName, pred: Tensor, y: Tensor, mask: Tensor | None = None, *,
               average: Average = "user", k: int = 3, clip: int = 5, min_items: int = 1,
-              gain: Gain = "exponential", ties: Ties = "position") -> Aggregate:
+              gain: Gain = "exponential", ties: Ties = "position", top: Top = "ranked") -> Aggregate:
     """Aggregate ``metric`` ("MAE", "RMSE" or "NDCG" = NDCG@k) over a masked batch.
 
     ``average="user"`` (default: Eqs. 13–14 as printed): the per-user value, then the mean over the
@@ -216,7 +227,7 @@ def aggregate(metric: MetricName, pred: Tensor, y: Tensor, mask: Tensor | None =
 
     The two differ whenever users contribute different numbers of ratings: pooled MAE weights each
     rating equally, the per-user mean weights each user equally. Nothing to average → ``NaN``, n=0.
-    ``gain`` and ``ties`` select NDCG variants (:func:`ndcg_at_k`).
+    ``gain``, ``ties`` and ``top`` select NDCG variants (:func:`ndcg_at_k`).
     """
     _check(pred, y)
     m = _mask(mask, y)
@@ -224,7 +235,7 @@ def aggregate(metric: MetricName, pred: Tensor, y: Tensor, mask: Tensor | None =
         raise ValueError(f"unknown metric {metric!r}; expected 'MAE', 'RMSE' or 'NDCG'")
     if average == "rating":
         if metric == "NDCG":
-            values = ndcg_clips(pred, y, m, k=k, clip=clip, gain=gain, ties=ties)
+            values = ndcg_clips(pred, y, m, k=k, clip=clip, gain=gain, ties=ties, top=top)
             unit = "clips"
         else:
             p, t = pool(pred, y, m)
@@ -238,7 +249,7 @@ def aggregate(metric: MetricName, pred: Tensor, y: Tensor, mask: Tensor | None =
         return Aggregate(float(value), int(values.numel()), unit)
     if average == "user":
         if metric == "NDCG":
-            per_user = ndcg_at_k(pred, y, m, k=k, gain=gain, ties=ties)
+            per_user = ndcg_at_k(pred, y, m, k=k, gain=gain, ties=ties, top=top)
         else:
             per_user = (mae if metric == "MAE" else rmse)(pred, y, m)
         counted = m.sum(-1) >= max(min_items, 1)

@@ -456,8 +456,9 @@ def test_ndcg_variants_by_hand():
     pred = t([1.0, 1.0, 1.0])  # a constant: only the tie rule orders the items
     batch = make_batch(y=y, scenario=torch.zeros(1, 3, dtype=torch.long), mask=torch.ones(1, 3, dtype=torch.bool),
                        user_cold=torch.tensor([False]))
-    v = ndcg_variants(pred, batch, rating_range=(1, 5), clips=(3,), scenarios=("W-W",)).set_index(
-        ["average", "gain", "ties"])["NDCG"]
+    table = ndcg_variants(pred, batch, rating_range=(1, 5), clips=(3,), scenarios=("W-W",))
+    v = table[table["top"] == "ranked"].set_index(["average", "gain", "ties"])["NDCG"]
+    s = table[table["top"] == "sorted"].set_index(["average", "gain", "ties"])["NDCG"]
     d = [1 / math.log2(n + 1) for n in (1, 2, 3)]
     ideal_exp = 31 * d[0] + 7 * d[1] + 1 * d[2]
     ideal_lin = 5 * d[0] + 3 * d[1] + 1 * d[2]
@@ -466,4 +467,17 @@ def test_ndcg_variants_by_hand():
         assert v[(average, "exponential", "position")] == pytest.approx(1.0)  # query order happens to be ideal
         assert v[(average, "exponential", "pessimistic")] == pytest.approx((1 * d[0] + 7 * d[1] + 31 * d[2]) / ideal_exp)
         assert v[(average, "linear", "pessimistic")] == pytest.approx((1 * d[0] + 3 * d[1] + 5 * d[2]) / ideal_lin)
-    assert len(v) == 2 * 2 * 3
+    assert len(v) == 2 * 2 * 3 and len(s) == len(v)
+    # top="sorted" (the authors' utils.ndcg): all 3 items are in the top 3, so any order is ideal
+    assert (s == 1.0).all()
+
+
+def test_ndcg_sorted_top_ignores_the_order_within_the_top_k():
+    y = t([1, 2, 5, 4])  # predicted ranking: items 0, 1, 2 in the top 3, item 3 (rating 4) left out
+    pred = t([4.0, 3.0, 2.0, 1.0])
+    d = [1 / math.log2(n + 1) for n in (1, 2, 3)]
+    ideal = 31 * d[0] + 15 * d[1] + 3 * d[2]
+    assert float(ndcg_at_k(pred, y, top="sorted")) == pytest.approx((31 * d[0] + 3 * d[1] + 1 * d[2]) / ideal)
+    assert float(ndcg_at_k(pred, y)) == pytest.approx((1 * d[0] + 3 * d[1] + 31 * d[2]) / ideal)
+    with pytest.raises(ValueError, match="top must be"):
+        ndcg_at_k(pred, y, top="set")
