@@ -109,7 +109,8 @@ ROWS: dict[str, Row] = {
     "RUM (feature)": Row("plain", "rum", {"variant": "feature"}, search="rum", note="A.2.2 grid on validation users"),
     "MeLU": Row("meta", "melu", epochs=(150, 5),
                 note="MeLU's published code defaults, as MAMO's Table 1 used them; Adam 5e-5 needs many epochs"),
-    "MetaCS-DNN": Row("meta", "metacs-dnn", note="SGD 0.4 as MAMO's appendix A.2.2 gives (diverges on MovieLens)"),
+    "MetaCS-DNN": Row("meta", "metacs-dnn", {"global_lr": 0.4},
+                      note="SGD 0.4 as MAMO's appendix A.2.2 gives (diverges on MovieLens)"),
     "MetaCS-DNN (λ validated)": Row("meta", "metacs-dnn", grid={"global_lr": (0.4, 0.05, 0.01)},
                                     note="λ chosen on validation users"),
     "s²Meta": Row("meta", "s2meta", note="learned optimiser and stop rule (baselines.md §4); GPU recommended: "

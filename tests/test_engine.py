@@ -420,7 +420,15 @@ def test_method_presets_match_the_baselines_spec():
             m.users_per_batch) == (("decision",), 5e-6, 1, True, "adam", 5e-5, 32)
     c = metacs["meta"]
     assert (set(c.local_groups), c.local_lr, c.inner_steps, c.first_order, c.global_optimizer, c.global_lr,
-            c.users_per_batch) == (set(GROUPS), 5e-6, 1, True, "sgd", 0.4, 32)
+            c.users_per_batch) == (set(GROUPS), 5e-6, 1, True, "sgd", 0.05, 32)  # λ validated (chapter 5)
+    from mamo_lite.methods import maml as maml_module
+    from mamo_lite.methods import metacs as metacs_module
+
+    assert build_learner("metacs-dnn", SPEC, overrides=metacs_module.PUBLISHED).config.global_lr == 0.4
+    # MAML's ρ: validated on the book's datasets (the paper's 0.01 diverges on MovieLens-1M), else the paper's
+    rho = {ds: method_configs("maml", ds)["meta"].local_lr for ds in ("movielens-1m", "book-crossing", "movielens-100k")}
+    assert rho == {"movielens-1m": 0.003, "book-crossing": 0.001, "movielens-100k": 0.01}
+    assert build_learner("maml", SPEC, overrides=maml_module.PUBLISHED).config.local_lr == 0.01
     # MetaCS-DNN restricted to the MLP with MeLU's outer optimiser is MeLU (baselines §3, checks)
     as_melu = build_learner("metacs-dnn", SPEC, overrides={"local_groups": ("decision",),
                                                            "global_optimizer": "adam", "global_lr": 5e-5})
