@@ -71,6 +71,13 @@ fig2: MAMO's parameter sensitivity on MovieLens-1M (train ratio, support size, l
   results/fig2/<panel>/<value>/seed<k>.json. fig4: convergence of DNN, NMF and MAMO at support sizes
   5 and 10 (validation MAE per epoch; test MAE per local step) in results/fig4/<method>/s<size>/.
   The figures' "book" budget trains on 1000 training users for at most 8 epochs (see mamo_lite.studies).
+
+groups: chapter 6's minority vs majority users. Each method (--methods: MAML MeLU MAMO GreatMeta by
+  default; also greatmeta-query-film, greatmeta-as-coded) on each dataset (default: movielens-1m
+  book-crossing movielens-100k) under each protocol (--protocols: mamo, greatmeta) and seed, trained
+  as a Table-1 cell; its test users labelled minority/majority from their support ratings (taste and
+  histogram distances against the training users, mamo_lite.groups) and MAE/NDCG@3 reported per
+  group in results/groups/<protocol>/<dataset>/<method>/seed<k>.json (see mamo_lite.imbalance).
 """
 
 RESUME_HELP = """\
@@ -358,15 +365,21 @@ def _parser() -> argparse.ArgumentParser:
                                    "cell, then gather them into OUT/table1.csv and OUT/table1.json. Finished "
                                    "cells are read back, not recomputed: an interrupted run continues where it "
                                    "stopped.", epilog=REPRODUCE_HELP)
-    r.add_argument("what", choices=("table1", "fig2", "fig4"),
-                   help="table1 (the paper's Table 1), fig2 (parameter sensitivity) or fig4 (convergence)")
-    r.add_argument("--datasets", nargs="+", choices=DATASETS, default=["movielens-1m", "book-crossing"],
-                   metavar="DATASET", help="default: movielens-1m book-crossing")
+    r.add_argument("what", choices=("table1", "fig2", "fig4", "groups"),
+                   help="table1 (the paper's Table 1), fig2 (parameter sensitivity), fig4 (convergence) or "
+                        "groups (minority vs majority users, chapter 6)")
+    r.add_argument("--datasets", nargs="+", choices=DATASETS, default=None, metavar="DATASET",
+                   help="default: movielens-1m book-crossing (groups: and movielens-100k)")
     r.add_argument("--rows", nargs="+", metavar="ROW", help="table rows (default: all; see below)")
     r.add_argument("--panels", nargs="+", metavar="PANEL", help="fig2 panels (default: all; see below)")
-    r.add_argument("--methods", nargs="+", metavar="METHOD", help="fig4 methods: DNN NMF MAMO (default: all)")
+    r.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help="fig4 methods: DNN NMF MAMO (default: all); groups methods: maml melu mamo greatmeta "
+                        "(default) greatmeta-query-film greatmeta-as-coded")
+    r.add_argument("--protocols", nargs="+", choices=("mamo", "greatmeta"), metavar="PROTOCOL",
+                   help="groups protocols: mamo (four scenarios) and/or greatmeta (user cold-start only; "
+                        "default: both)")
     r.add_argument("--support", nargs="+", type=_int, metavar="N", help="fig4 support sizes (default: 5 10)")
-    r.add_argument("--seeds", type=_int, default=None, help="seeds 0 … N-1 (default: 5 for table1, 3 for figures)")
+    r.add_argument("--seeds", type=_int, default=None, help="seeds 0 … N-1 (default: 5 for table1 and groups, 3 for figures)")
     r.add_argument("--budget", choices=("smoke", "book", "full"), default="book",
                    help="epochs, patience and users per cell (default: book; full is table1's only)")
     r.add_argument("--out", default=None, help="results folder (default: results/WHAT)")
@@ -775,14 +788,16 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from mamo_lite.utils import resolve_device
 
     misplaced = {"--rows": args.rows and args.what != "table1", "--panels": args.panels and args.what != "fig2",
-                 "--methods": args.methods and args.what != "fig4", "--support": args.support and args.what != "fig4"}
+                 "--methods": args.methods and args.what not in ("fig4", "groups"),
+                 "--support": args.support and args.what != "fig4",
+                 "--protocols": args.protocols and args.what != "groups"}
     for flag, wrong in misplaced.items():
         if wrong:
             raise CLIError(f"{flag} does not apply to `reproduce {args.what}`")
     unknown = [r for r in args.rows or [] if r not in ROWS]
     if unknown:
         raise CLIError(f"unknown row(s) {unknown}; choose from: {', '.join(repr(r) for r in ROWS)}")
-    seeds = args.seeds if args.seeds is not None else (5 if args.what == "table1" else 3)
+    seeds = args.seeds if args.seeds is not None else (5 if args.what in ("table1", "groups") else 3)
     if seeds < 1:
         raise CLIError(f"--seeds must be ≥ 1, got {seeds}")
     if args.what != "table1" and args.budget == "full":
@@ -793,9 +808,11 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     out = Path(args.out or f"results/{args.what}")
     _check_writable(out, "--out")
+    if args.what == "groups":
+        return _reproduce_groups(args, seeds, out, device)
     if args.what != "table1":
         return _reproduce_figure(args, seeds, out, device)
-    table = table1(args.datasets, args.rows, range(seeds), args.budget, out=out, device=device,
+    table = table1(args.datasets or ["movielens-1m", "book-crossing"], args.rows, range(seeds), args.budget, out=out, device=device,
                    show_progress=args.progress)
     shown = table[table["metric"].isin(["MAE", "NDCG@3", "spread"])]
     summary = shown.groupby(["dataset", "method", "scenario", "metric"], sort=False)["value"].agg(["mean", "std"])
@@ -827,6 +844,27 @@ def _reproduce_figure(args: argparse.Namespace, seeds: int, out: Path, device) -
         summary = shown.groupby(["method", "support", "step"], sort=False)["MAE"].agg(["mean", "std"]).unstack("step")
     print(summary.round(4).to_string())
     print(f"\nwrote {out}")
+    return 0
+
+
+def _reproduce_groups(args: argparse.Namespace, seeds: int, out: Path, device) -> int:
+    from mamo_lite import imbalance
+    from mamo_lite.reproduce import slug
+
+    labels = []
+    for m in args.methods or imbalance.DEFAULT_METHODS:
+        try:
+            labels.append(imbalance.method_label(m))
+        except ValueError:
+            names = ", ".join(slug(label) for label in imbalance.METHODS)
+            raise CLIError(f"unknown method {m!r} for `reproduce groups`; choose from: {names}") from None
+    df = imbalance.groups_study(labels, args.datasets or imbalance.DATASETS, args.protocols or imbalance.PROTOCOLS,
+                                range(seeds), args.budget, out=out, device=device, show_progress=args.progress)
+    shown = df[df["metric"].isin(["MAE", "NDCG@3"]) & (df["group"] != "unscored")]
+    summary = (shown.groupby(["protocol", "dataset", "method", "grouping", "metric", "group"], sort=False)["value"]
+               .mean().unstack("group"))
+    print(summary.round(4).to_string())
+    print(f"\nmeans over {seeds} seed(s); wrote {out}")
     return 0
 
 
