@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 
+import pandas as pd
 import pytest
 import torch
 from helpers import needs_movielens_1m, overall_mae, tiny_batch, tiny_learner, tiny_spec
@@ -284,6 +285,35 @@ def test_per_user_gradients_are_independent_copies(float64):
             rows = [a[n][0] for a in alone]
             step = w[0] * (sum(rows) if aliased else rows[0]) + sum(w[i] * rows[i] for i in range(1, 4))
             assert torch.allclose(p, before[n] - 1e-2 * step, atol=1e-12), (aliased, n)
+
+
+def test_batch_mean_is_over_the_batchs_own_users(float64):
+    """Errata 7: factor 3's ḡ is the mean over the users actually in the batch (3 here), not the sum over
+    the configured batch size (32), for the embedding tensors' dot products as for the adapters' cosines."""
+    learner, b = _learner(users_per_batch=32), _batch(3)
+    _, g, raw = learner.factors(b)
+    adapted = set(learner.local_names())
+    for k, n in enumerate(learner.global_names()):
+        if n in adapted:
+            continue
+        flat = g[n].flatten(1)
+        want = flat @ (flat.sum(0) / 3)
+        assert torch.allclose(raw["f3"][:, k], want, atol=1e-12)
+        assert not torch.allclose(raw["f3"][:, k], flat @ (flat.sum(0) / 32))
+
+
+def test_batch_log_keeps_every_updates_weights():
+    """``batch_log = []`` records each meta-update's weights (positive, summing to one per update)."""
+    data, learner = _data(24, 8), _learner(users_per_batch=8)
+    assert learner.batch_log is None
+    learner.batch_log = []
+    fit(learner, data, epochs=2, seed=0, device="cpu", progress=False)
+    log = pd.concat(learner.batch_log, ignore_index=True)
+    assert log.batch.unique().tolist() == list(range(6))  # 24 users / 8 per batch × 2 epochs
+    assert (log.weight > 0).all()
+    assert log.groupby("batch").weight.sum().to_numpy() == pytest.approx(1.0)
+    assert sorted(log.query("batch < 3").user_id) == sorted(data["train"].user_ids.tolist())
+    assert not any(k.startswith("batch_log") for k in learner.state_dict())
 
 
 def test_uniform_weighting_is_the_engines_mean_update(float64):

@@ -44,7 +44,9 @@ Only the abstract and the authors' code exist for us (``notes/reference-code.md`
 
   The code recomputes every inner loop before step 3; the ``g_i`` and factors do not depend on the
   scheduler, so we reuse them: same update, half the cost [decision]. ``weighting="uniform"`` skips
-  the scheduler (``w = 1/B``: the code's ``use_avg_grad`` path, which crashes as released).
+  the scheduler (``w = 1/B``: the code's ``use_avg_grad`` path, which crashes as released, Errata 8).
+  Each update's weights and factors are in ``GreatMetaLearner.last_batch``; set
+  ``learner.batch_log = []`` to keep them all (the scheduler's weights over training).
 
 Options (fields of :class:`GreatMetaConfig`): ours first, then the alternatives; "as coded" marks the
 authors' behaviour.
@@ -70,11 +72,12 @@ Adam 5e-5 for the meta-model and the scheduler, 32 users per batch, gradients cl
 on both optimisers. Deviations: ``output_bias_init="midpoint"`` (the house default; the code's zero
 bias leaves the meta-model badly calibrated and its inner loop spends itself on the offset, §3.7;
 ``--set output_bias_init=zero`` restores it), ``ḡ`` is the mean over the batch's actual users (the
-code divides by the configured 32 even for a smaller last batch, §3.11), and validation picks the
-best epoch by MAE through :func:`mamo_lite.train.fit`.
+code divides by the configured 32 even for a smaller last batch, Errata 7), and validation picks the
+best epoch by MAE through :func:`mamo_lite.train.fit` (Errata 5).
 
 Imbalance: :func:`minority_users` labels users measurably at a fixed checkpoint (any learner);
-model-free labels and per-group metrics are in :mod:`mamo_lite.groups`.
+model-free labels and per-group metrics are in :mod:`mamo_lite.groups`, and the per-group results of
+MAML, MeLU, MAMO and GreatMeta on both protocols in :mod:`mamo_lite.imbalance`.
 
 **Errata**
 
@@ -98,6 +101,13 @@ model-free labels and per-group metrics are in :mod:`mamo_lite.groups`.
 6. **Look-ahead optimises a step never taken.** The scheduler is trained through a plain-SGD look-ahead
    of the meta-model while the meta-model steps with Adam; ``mamo_lite`` looks ahead with the optimiser
    step actually taken (``lookahead="sgd"`` reproduces the code).
+7. **Batch mean over the configured batch size.** Factor 3's ``ḡ`` divides the batch's summed gradients by
+   ``train_batch_size`` (32) even for a smaller last batch, which shrinks the embedding tensors' dot
+   products against the adapter tensors' cosines before the within-user standardisation; ``mamo_lite``
+   averages over the batch's actual users.
+8. **The uniform path crashes.** ``use_avg_grad=True`` (skip the scheduler, average the gradients) returns
+   two values where the trainer unpacks three; ``weighting="uniform"`` is that path, working (the engine's
+   mean update).
 """
 
 from __future__ import annotations
@@ -362,6 +372,8 @@ class GreatMetaLearner(MetaLearner):
             raise ValueError(f"GreatMeta adapts no tensor: the groups {config.local_groups} are empty")
         self.scheduler = PreferenceScheduler(1 + len(self._local) + len(self.global_names()), config.scheduler_hidden)
         self.last_batch: pd.DataFrame | None = None  # factors and weights of the latest meta-update
+        # set to [] to keep every meta-update's ``last_batch`` (column ``batch`` numbers them); not saved
+        self.batch_log: list[pd.DataFrame] | None = None
 
     # -- the recommender on a task, conditioned as configured -------------------------------------
     def film_output(self, params: Params, fast: Params, task: dict, which: str) -> Tensor:
@@ -471,6 +483,8 @@ class GreatMetaLearner(MetaLearner):
         self.last_batch = pd.DataFrame({
             "user_id": batch.user_ids.cpu().numpy(), "weight": w.cpu().numpy(), "f1": raw["f1"].detach().cpu().numpy(),
             "f2_mean": raw["f2"].mean(1).cpu().numpy(), "f3_mean": raw["f3"].mean(1).cpu().numpy()})
+        if self.batch_log is not None:
+            self.batch_log.append(self.last_batch.assign(batch=len(self.batch_log)))
         return losses.detach()
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
