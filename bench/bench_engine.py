@@ -3,18 +3,21 @@
 Synthetic tensors with MovieLens-1M's real shapes (MAMO's protocol: 15 support and 5 query ratings
 per user; vocabularies counting index 0: gender 3, age 8, occupation 22, MPAA rate 7, year 82, genre
 26 with 6 slots, director 2,187 with 3 slots) and each method's default network (d_e = 100 for MAML
-and MAMO, MeLU's for MeLU and MetaCS-DNN). After a warm-up, a fixed number of meta-batches
-(``meta_step``: local update, memory writes, global step) is timed one by one; the *median* batch
-time (robust to other processes on a shared machine) gives users/s, extrapolated to one epoch of
-``--users`` users (≈ 4,800 training users in ML-1M). CUDA timings synchronise before reading the
-clock.
+and MAMO, MeLU's for MeLU and MetaCS-DNN). Meta-batches (``meta_step``: local update, memory writes,
+global step) are timed one by one in **interleaved rounds**: after a warm-up, each round runs every
+configuration for ``--batches`` meta-batches, in an order reversed every other round, so that other work
+on a shared machine falls on all configurations alike. A configuration's figure is the median over rounds
+of each round's median batch time, with the min and max over rounds; it gives users/s, extrapolated to
+one epoch of ``--users`` users (≈ 4,800 training users in ML-1M). CUDA timings synchronise before reading
+the clock. Compare figures only within one run (one JSON).
 
 Targets: one first-order epoch ≤ 10 s on 2 CPU cores; ``vmap`` ≥ 2× the per-user loop on the CPU.
 
     python bench/bench_engine.py                 # all methods, both paths and orders, CPU (+ CUDA)
-    python bench/bench_engine.py --quick         # fewer batches, first order only
+    python bench/bench_engine.py --quick         # 2 rounds of 1 batch, first order only
     python bench/bench_engine.py --methods maml,mamo --devices cpu --out /tmp/engine-{device}.json
     python bench/bench_engine.py --methods mamo-authors --gather off,on --devices cpu
+    python bench/bench_engine.py --methods mamo --fused off,on --paths vmap --rounds 7
 
 Besides the methods, ``--methods`` takes the named presets of :data:`PRESETS`: ``mamo-authors`` is MAMO
 configured as its authors' code runs it (``mamo_lite.reproduce.MAMO_AS_CODED``: 9 local steps, every
@@ -22,7 +25,8 @@ parameter group local, classification head, τ 0.01, summed users) at their size
 300→150→100 and 400→200→100, the square 200×200 ``M_{u,I}``), the configuration issue 11 compares
 with the authors' code. ``--gather on`` times the engine's gathered-row path
 (``MetaLearner.gather_rows``), which matters where embedding tables are local (MAML, MetaCS-DNN,
-``mamo-authors``).
+``mamo-authors``); ``--fused on`` times MAMO's memory write taken from the main pass
+(``MAMOLearner.fused_memory_write``) instead of its separate forward and backward pass (Eq. 6).
 
 The JSON records the CPU model, the thread settings (``OMP_WAIT_POLICY`` is set to ``PASSIVE`` by
 importing ``mamo_lite`` before torch loads), the load average and whether other work shared the machine.
@@ -73,8 +77,10 @@ def resolve(name: str) -> tuple[str, dict]:
     raise ValueError(f"unknown configuration {name!r}; choose from {', '.join(CONFIG_NAMES)}")
 
 
-def build(name: str, *, first_order: bool, gather: bool = False, users_per_batch: int | None = None):
-    """A learner for configuration ``name`` on ML-1M's shapes (seeded), with ``gather_rows`` set."""
+def build(name: str, *, first_order: bool, gather: bool = False, users_per_batch: int | None = None,
+          fused: bool = False):
+    """A learner for configuration ``name`` on ML-1M's shapes (seeded), with ``gather_rows`` set and, for MAMO,
+    ``fused_memory_write``."""
     method, overrides = resolve(name)
     overrides["first_order"] = first_order
     if users_per_batch is not None:
@@ -82,12 +88,35 @@ def build(name: str, *, first_order: bool, gather: bool = False, users_per_batch
     torch.manual_seed(0)
     learner = build_learner(method, ML1M_SPEC, "movielens-1m", overrides=overrides)
     learner.gather_rows = gather
+    if fused:
+        learner.fused_memory_write = True
     return learner
 
 
 def has_local_tables(learner) -> bool:
     """Whether any embedding table is adapted per user (where ``gather_rows`` can change anything)."""
     return any(learner.model.group_of(n) == "profile" for n in learner.local_names())
+
+
+def has_fusable_write(name: str) -> bool:
+    """Whether configuration ``name`` has a memory-write pass that ``fused_memory_write`` takes from the main
+    pass (MAMO with ``M_U`` written from the query gradient, Eq. 6)."""
+    return bool(build(name, first_order=True, fused=True).aux_taps())
+
+
+def setting_grid(names: list[str], orders: list[str], gathers: list[str], fuseds: list[str]):
+    """``(name, order, gather, fused)`` for each configuration, skipping ``on`` where it changes nothing."""
+    out = []
+    for name in names:
+        local_tables = has_local_tables(build(name, first_order=True))
+        fusable = "on" in fuseds and has_fusable_write(name)
+        for order in orders:
+            for gather in gathers:
+                for fused in fuseds:
+                    if (gather == "on" and not local_tables) or (fused == "on" and not fusable):
+                        continue  # the same code runs
+                    out.append((name, order, gather == "on", fused == "on"))
+    return out
 
 
 def machine_facts(device: torch.device | str = "cpu") -> dict:
@@ -147,33 +176,67 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_config(method: str, path: str, order: str, device: torch.device, tasks: TaskBatch, *,
-                batches: int, warmup: int, gather: bool = False) -> dict:
-    """Time ``batches`` meta-steps after ``warmup`` ones; returns one result row.
+class Timed:
+    """One configuration on one device: its learner, optimiser and batches; :meth:`run` times meta-steps."""
 
-    ``method`` is a method or a :data:`PRESETS` name; ``gather`` sets ``MetaLearner.gather_rows``.
-    """
-    learner = build(method, first_order=order == "first", gather=gather)
-    learner.to(device)
-    opt = make_optimizer(learner)
-    size = learner.config.users_per_batch
-    needed = (warmup + batches) * size
-    pool = tasks.select(torch.arange(needed) % len(tasks)).to(device)
-    it = pool.batches(size)
-    for _ in range(warmup):
-        meta_step(learner, next(it), opt, path=path)
-    _sync(device)
-    times = []
-    for _ in range(batches):
-        t0 = time.perf_counter()
-        losses = meta_step(learner, next(it), opt, path=path)
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    median = statistics.median(times)
-    return {"method": method, "path": path, "order": order, "gather_rows": gather, "device": str(device),
-            "users_per_batch": size,
-            "batches_timed": batches, "batch_seconds": times, "users_per_s": size / median,
-            "users_per_s_mean": batches * size / sum(times), "finite_loss": bool(torch.isfinite(losses).all())}
+    def __init__(self, method: str, path: str, order: str, device: torch.device | str, tasks: TaskBatch, *,
+                 gather: bool = False, fused: bool = False, users_per_batch: int | None = None) -> None:
+        self.method, self.path, self.order, self.device = method, path, order, torch.device(device)
+        self.gather, self.fused = gather, fused
+        self.learner = build(method, first_order=order == "first", gather=gather, fused=fused,
+                             users_per_batch=users_per_batch).to(self.device)
+        self.optimizer = make_optimizer(self.learner)
+        self.size = self.learner.config.users_per_batch
+        self.tasks = tasks
+        self._start = 0
+        self.seconds: list[float] = []  # every timed meta-step
+        self.round_medians: list[float] = []  # one per round
+        self.finite = True
+
+    def _next(self) -> TaskBatch:
+        idx = (torch.arange(self.size) + self._start) % len(self.tasks)
+        self._start += self.size
+        return self.tasks.select(idx).to(self.device)
+
+    def run(self, batches: int, record: bool = True) -> None:
+        """``batches`` meta-steps, each timed (CUDA synchronised); ``record`` keeps the round's median."""
+        times = []
+        for _ in range(batches):
+            batch = self._next()
+            _sync(self.device)
+            t0 = time.perf_counter()
+            losses = meta_step(self.learner, batch, self.optimizer, path=self.path)
+            _sync(self.device)
+            times.append(time.perf_counter() - t0)
+            self.finite &= bool(torch.isfinite(losses).all())
+        if record:
+            self.seconds += times
+            self.round_medians.append(statistics.median(times))
+
+    def row(self, users: int) -> dict:
+        """The result row: users/s from the median over rounds of each round's median step, min and max."""
+        med = statistics.median(self.round_medians)
+        fast, slow = min(self.round_medians), max(self.round_medians)
+        return {"method": self.method, "path": self.path, "order": self.order, "gather_rows": self.gather,
+                "fused_memory_write": self.fused, "device": str(self.device), "users_per_batch": self.size,
+                "batches_timed": len(self.seconds), "rounds": len(self.round_medians),
+                "batch_seconds": self.seconds, "round_median_seconds": self.round_medians,
+                "users_per_s": self.size / med, "users_per_s_min": self.size / slow,
+                "users_per_s_max": self.size / fast,
+                "users_per_s_mean": len(self.seconds) * self.size / sum(self.seconds),
+                "epoch_seconds": users * med / self.size, "epoch_seconds_min": users * fast / self.size,
+                "epoch_seconds_max": users * slow / self.size, "finite_loss": self.finite}
+
+
+def time_interleaved(timed: list[Timed], *, rounds: int, batches: int, warmup: int) -> None:
+    """A warm-up of ``warmup`` steps each, then ``rounds`` rounds of ``batches`` steps per configuration,
+    the configurations' order reversed every other round (no configuration always first or last)."""
+    for t in timed:
+        t.run(warmup, record=False)
+    for r in range(rounds):
+        for t in (timed if r % 2 == 0 else reversed(timed)):
+            t.run(batches)
+        print(f"  round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,16 +249,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders", default="first,second", help="comma-separated: first, second")
     parser.add_argument("--gather", default="off",
                         help="comma-separated: off, on (MetaLearner.gather_rows; 'on' only where tables are local)")
+    parser.add_argument("--fused", default="off",
+                        help="comma-separated: off, on (MAMOLearner.fused_memory_write; 'on' only for MAMO)")
     parser.add_argument("--devices", default="auto", help="comma-separated: cpu, cuda; auto = cpu (+ cuda if present)")
-    parser.add_argument("--batches", type=int, default=4, help="meta-batches timed per configuration (default 4)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
+    parser.add_argument("--batches", type=int, default=2,
+                        help="meta-batches timed per configuration and round (default 2)")
     parser.add_argument("--warmup", type=int, default=1, help="meta-batches run before timing (default 1)")
-    parser.add_argument("--quick", action="store_true", help="2 timed batches after 1 warm-up, first order only")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 1 timed batch after 1 warm-up, first order only")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", default=str(ROOT / "results" / "engine-{device}.json"),
                         help="JSON output; {device} is replaced by the device type")
     args = parser.parse_args(argv)
     if args.quick:
-        args.batches, args.warmup, args.orders = 2, 1, "first"
+        args.rounds, args.batches, args.warmup, args.orders = 2, 1, 1, "first"
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -203,8 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(CONFIG_NAMES)}")
     gathers = [g.strip() for g in args.gather.split(",") if g.strip()]
-    if set(gathers) - {"off", "on"}:
-        parser.error(f"--gather takes off, on; got {args.gather!r}")
+    fuseds = [f.strip() for f in args.fused.split(",") if f.strip()]
+    if set(gathers) - {"off", "on"} or set(fuseds) - {"off", "on"}:
+        parser.error(f"--gather and --fused take off, on; got {args.gather!r}, {args.fused!r}")
+    if args.rounds < 1 or args.batches < 1 or args.warmup < 0:
+        parser.error("--rounds and --batches ≥ 1, --warmup ≥ 0")
     if args.devices == "auto":
         devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     else:
@@ -212,53 +282,56 @@ def main(argv: list[str] | None = None) -> int:
     if len(devices) > 1 and "{device}" not in args.out:
         parser.error("--out needs a {device} placeholder when several devices are benchmarked")
     tasks = synthetic_tasks(min(args.users, 1024))
+    orders = [o.strip() for o in args.orders.split(",") if o.strip()]
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    grid = setting_grid(methods, orders, gathers, fuseds)
 
     for device in devices:
         facts = machine_facts(device)  # before the benchmark loads the machine
-        rows = []
-        for method in methods:
-            local_tables = has_local_tables(build(method, first_order=True))
-            for order in args.orders.split(","):
-                for path in args.paths.split(","):
-                    for gather in gathers:
-                        if gather == "on" and not local_tables:
-                            continue  # nothing to gather: the same code runs
-                        row = time_config(method, path, order, device, tasks, batches=args.batches,
-                                          warmup=args.warmup, gather=gather == "on")
-                        row["epoch_seconds"] = args.users / row["users_per_s"]
-                        rows.append(row)
-                        print(f"  {method:<12} {path:<4} {order:<6} gather {gather:<3} {device.type:<4} "
-                              f"{row['users_per_s']:9.1f} users/s {row['epoch_seconds']:8.1f} s/epoch",
-                              file=sys.stderr, flush=True)
+        timed = [Timed(name, path, order, device, tasks, gather=gather, fused=fused)
+                 for name, order, gather, fused in grid for path in paths]
+        time_interleaved(timed, rounds=args.rounds, batches=args.batches, warmup=args.warmup)
+        rows = [t.row(args.users) for t in timed]
         for row in rows:
             loop = [r for r in rows if r["path"] == "loop" and
-                    (r["method"], r["order"], r["device"], r["gather_rows"])
-                    == (row["method"], row["order"], row["device"], row["gather_rows"])]
+                    (r["method"], r["order"], r["device"], r["gather_rows"], r["fused_memory_write"])
+                    == (row["method"], row["order"], row["device"], row["gather_rows"], row["fused_memory_write"])]
             row["vmap_speedup"] = row["users_per_s"] / loop[0]["users_per_s"] if row["path"] == "vmap" and loop \
                 else math.nan
         _print_table(rows, args.users)
         report = {"benchmark": "engine meta-training throughput", "users_per_epoch": args.users,
-                  "batches_timed": args.batches, "warmup_batches": args.warmup,
+                  "batches_timed": args.batches * args.rounds, "warmup_batches": args.warmup,
+                  "timing": {"rounds": args.rounds, "batches_per_round": args.batches,
+                             "order": "interleaved: every configuration once per round, the order reversed "
+                                      "every other round",
+                             "statistic": "users_per_s = users_per_batch / median over rounds of each round's "
+                                          "median meta-step time; _min and _max over rounds"},
                   "shapes": {"support": 15, "query": 5, "spec": ML1M_SPEC.to_dict(), "multi_len": MULTI_LEN},
                   "machine": facts, "torch_threads": torch.get_num_threads(),
+                  "load_average_after": list(machine_facts(device)["load_average_1_5_15min"]),
                   "presets": {k: {"method": m, "overrides": o} for k, (m, o) in PRESETS.items()},
                   "targets": {"first_order_epoch_seconds_cpu_2_cores": 10, "vmap_speedup_cpu": 2},
                   "results": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                               for r in rows]}
         out = Path(args.out.format(device=device.type))
         atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+        print(f"{device.type}: {facts['device_name']}, torch {facts['torch']}, {facts['torch_threads']} threads, "
+              f"OMP_WAIT_POLICY={facts['thread_env']['OMP_WAIT_POLICY']}, load "
+              f"{facts['load_average_1_5_15min'][0]:.2f}{' (contended)' if facts['contended'] else ''}")
         print(f"wrote {out}")
     return 0
 
 
 def _print_table(rows: list[dict], users: int) -> None:
-    header = f"{'method':<13}{'path':<6}{'order':<8}{'gather':<8}{'device':<8}{'users/s':>10}{f'epoch s ({users})':>17}{'vmap ×':>8}"
+    header = (f"{'method':<13}{'path':<6}{'order':<8}{'gather':<8}{'fused':<7}{'device':<8}{'users/s':>10}"
+              f"{'(min-max)':>16}{f'epoch s ({users})':>17}{'vmap ×':>8}")
     print(header)
     print("-" * len(header))
     for r in rows:
         speed = "" if math.isnan(r["vmap_speedup"]) else f"{r['vmap_speedup']:.2f}"
-        gather = "on" if r["gather_rows"] else "off"
-        print(f"{r['method']:<13}{r['path']:<6}{r['order']:<8}{gather:<8}{r['device']:<8}{r['users_per_s']:>10.1f}"
+        spread = f"{r['users_per_s_min']:.0f}-{r['users_per_s_max']:.0f}"
+        print(f"{r['method']:<13}{r['path']:<6}{r['order']:<8}{'on' if r['gather_rows'] else 'off':<8}"
+              f"{'on' if r['fused_memory_write'] else 'off':<7}{r['device']:<8}{r['users_per_s']:>10.1f}{spread:>16}"
               f"{r['epoch_seconds']:>17.1f}{speed:>8}")
 
 

@@ -21,8 +21,9 @@ ratings per user, ``bench_engine.synthetic_tasks``):
    Ignored (not matmuls): embedding look-ups and pooling, activations, the loss, the local SGD update,
    the optimiser step, and MAMO's memory arithmetic (Eqs. 3–10: cosines, ``a_uᵀ M_U``, ``a_uᵀ M_{U,I}``
    and the writes, listed per row as ``memory_flop_ignored``). MAMO's memory-write pass (the gradient of
-   Eq. 6, a separate forward and backward in the engine) is not counted either: the floor is what one
-   meta-step needs, not what the engine does. ``engine_matmul_flop_per_user`` is what the engine
+   Eq. 6, a separate forward and backward in the engine unless ``--fused on``, i.e.
+   ``MAMOLearner.fused_memory_write``, takes it from the main pass) is not counted either: the floor is
+   what one meta-step needs, not what the engine does. ``engine_matmul_flop_per_user`` is what the engine
    actually executes, counted by ``torch.utils.flop_counter`` on the per-user loop; the difference is
    the work the engine does beyond the floor.
 2. **Floor ms per user**: each layer's FLOP divided by this CPU's sustained rate on that layer's matmul
@@ -42,6 +43,7 @@ one run on one machine).
     python bench/floor.py --quick              # seconds: MAML first order, gather off/on, small batches
     python bench/floor.py --configs mamo-authors --orders first --gather off,on --rounds 7
     python bench/floor.py --configs maml,mamo-authors:first    # NAME:ORDER restricts one configuration's orders
+    python bench/floor.py --configs mamo --gather off --fused off,on      # MAMO's memory write fused or not
 """
 
 from __future__ import annotations
@@ -60,16 +62,17 @@ from bench_engine import (
     CONFIG_NAMES,
     ML1M_SPEC,
     PRESETS,
-    build,
-    has_local_tables,
+    Timed,
     machine_facts,
     resolve,
+    setting_grid,
     synthetic_tasks,
+    time_interleaved,
 )
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mamo_lite.meta.engine import MetaLearner, make_optimizer, meta_gradient, meta_step
+from mamo_lite.meta.engine import MetaLearner, meta_gradient
 from mamo_lite.utils import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent
@@ -197,36 +200,6 @@ def matmul_rate(shape: tuple[int, int, int], batch: int, *, seconds: float = 0.0
 
 # -- 3. the engine, timed in interleaved rounds ----------------------------------------------------
 
-class Timed:
-    """One configuration's learner, optimiser and batches; :meth:`run` times ``batches`` meta-steps."""
-
-    def __init__(self, name: str, order: str, gather: bool, tasks, users_per_batch: int | None) -> None:
-        self.name, self.order, self.gather = name, order, gather
-        self.learner = build(name, first_order=order == "first", gather=gather, users_per_batch=users_per_batch)
-        self.optimizer = make_optimizer(self.learner)
-        self.size = self.learner.config.users_per_batch
-        self.tasks = tasks
-        self._start = 0
-        self.ms_per_user: list[float] = []
-        self.finite = True
-
-    def _next(self):
-        idx = (torch.arange(self.size) + self._start) % len(self.tasks)
-        self._start += self.size
-        return self.tasks.select(idx)
-
-    def run(self, batches: int, record: bool = True) -> None:
-        times = []
-        for _ in range(batches):
-            batch = self._next()
-            t0 = time.perf_counter()
-            losses = meta_step(self.learner, batch, self.optimizer, path="vmap")
-            times.append(time.perf_counter() - t0)
-            self.finite &= bool(torch.isfinite(losses).all())
-        if record:
-            self.ms_per_user.append(1e3 * statistics.median(times) / self.size)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -236,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders", default="first,second", help="comma-separated: first, second")
     parser.add_argument("--gather", default="off,on",
                         help="comma-separated: off, on (MetaLearner.gather_rows; 'on' only where tables are local)")
+    parser.add_argument("--fused", default="off",
+                        help="comma-separated: off, on (MAMOLearner.fused_memory_write; 'on' only for MAMO)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
     parser.add_argument("--batches", type=int, default=3, help="meta-steps per configuration and round (median)")
     parser.add_argument("--users-per-batch", type=int, help="users per meta-step (default: each configuration's)")
@@ -251,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     orders = [o.strip() for o in args.orders.split(",") if o.strip()]
     gathers = [g.strip() for g in args.gather.split(",") if g.strip()]
+    fuseds = [f.strip() for f in args.fused.split(",") if f.strip()]
     configs: list[tuple[str, list[str]]] = []  # (name, its orders)
     for item in (c.strip() for c in args.configs.split(",") if c.strip()):
         name, _, only = item.partition(":")
@@ -260,25 +236,20 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(e))
         configs.append((name, [only] if only else orders))
     if ({o for _, os_ in configs for o in os_} - {"first", "second"} or set(gathers) - {"off", "on"}
-            or args.rounds < 1 or args.batches < 1):
-        parser.error("orders are first, second; --gather takes off, on; --rounds and --batches ≥ 1")
+            or set(fuseds) - {"off", "on"} or args.rounds < 1 or args.batches < 1):
+        parser.error("orders are first, second; --gather and --fused take off, on; --rounds and --batches ≥ 1")
     facts = machine_facts("cpu")  # before this script loads the machine
     tasks = synthetic_tasks(256)
 
-    timed: list[Timed] = []
-    for name, name_orders in configs:
-        local_tables = has_local_tables(build(name, first_order=True))
-        for order in name_orders:
-            for gather in gathers:
-                if gather == "on" and not local_tables:
-                    continue  # nothing to gather: the same code runs
-                timed.append(Timed(name, order, gather == "on", tasks, args.users_per_batch))
+    timed = [Timed(name, "vmap", order, "cpu", tasks, gather=gather, fused=fused, users_per_batch=args.users_per_batch)
+             for cname, name_orders in configs
+             for name, order, gather, fused in setting_grid([cname], name_orders, gathers, fuseds)]
 
     # FLOP counts and the floor (per distinct matmul shape, at this CPU's batched rate)
     rates: dict[tuple[int, int, int], float] = {}
     floors = {}
     for t in timed:
-        key = (t.name, t.order)
+        key = (t.method, t.order, t.fused)
         if key in floors:
             continue
         f = flop_per_user(t.learner)
@@ -294,23 +265,19 @@ def main(argv: list[str] | None = None) -> int:
                        "memory_flop_ignored": memory_flop(t.learner),
                        "engine_matmul_flop_per_user": engine_matmul_flop(t.learner, tasks)}
 
-    # interleaved timing: a warm-up round, then every configuration once per round
-    for t in timed:
-        t.run(1, record=False)
-    for r in range(args.rounds):
-        for t in (timed if r % 2 == 0 else reversed(timed)):  # alternate the order: no configuration always first
-            t.run(args.batches)
-        print(f"  round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    # interleaved timing: a warm-up round, then every configuration once per round, the order alternating
+    time_interleaved(timed, rounds=args.rounds, batches=args.batches, warmup=1)
 
     rows = []
     for t in timed:
-        fl = floors[(t.name, t.order)]
-        med = statistics.median(t.ms_per_user)
-        method, overrides = resolve(t.name)
-        rows.append({"config": t.name, "method": method, "overrides": overrides, "order": t.order,
-                     "gather_rows": t.gather, "users_per_batch": t.size, **fl,
-                     "measured_ms_per_user": med, "measured_ms_per_user_min": min(t.ms_per_user),
-                     "measured_ms_per_user_max": max(t.ms_per_user), "measured_ms_per_user_rounds": t.ms_per_user,
+        fl = floors[(t.method, t.order, t.fused)]
+        ms_per_user = [1e3 * m / t.size for m in t.round_medians]
+        med = statistics.median(ms_per_user)
+        method, overrides = resolve(t.method)
+        rows.append({"config": t.method, "method": method, "overrides": overrides, "order": t.order,
+                     "gather_rows": t.gather, "fused_memory_write": t.fused, "users_per_batch": t.size, **fl,
+                     "measured_ms_per_user": med, "measured_ms_per_user_min": min(ms_per_user),
+                     "measured_ms_per_user_max": max(ms_per_user), "measured_ms_per_user_rounds": ms_per_user,
                      "measured_over_floor": med / fl["floor_ms_per_user"], "finite_loss": t.finite})
     _print_table(rows)
     report = {
@@ -318,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         "flop_convention": "matmul [m x k]·[k x n] = 2·m·n·k; only the recommender's fully connected layers",
         "ignored": ["embedding look-ups and pooling", "activations and the loss", "the local SGD update",
                     "the optimiser step", "MAMO's memory arithmetic (memory_flop_ignored)",
-                    "MAMO's separate memory-write pass (in engine_matmul_flop_per_user, not in the floor)"],
+                    ("MAMO's separate memory-write pass (in engine_matmul_flop_per_user unless "
+                     "fused_memory_write, never in the floor)")],
         "floor_rate": "each matmul shape at this CPU's median batched rate (torch.bmm over users_per_batch users)",
         "shapes": {"support": N_SUPPORT, "query": N_QUERY, "spec": ML1M_SPEC.to_dict()},
         "timing": {"path": "vmap", "rounds": args.rounds, "batches_per_round": args.batches,
@@ -340,13 +308,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_table(rows: list[dict]) -> None:
-    header = (f"{'configuration':<14}{'order':<7}{'gather':<7}{'MFLOP/user':>11}{'engine MFLOP':>13}"
+    header = (f"{'configuration':<14}{'order':<7}{'gather':<7}{'fused':<6}{'MFLOP/user':>11}{'engine MFLOP':>13}"
               f"{'floor ms':>10}{'measured ms':>13}{'(min-max)':>16}{'meas/floor':>11}")
     print(header)
     print("-" * len(header))
     for r in rows:
         spread = f"{r['measured_ms_per_user_min']:.2f}-{r['measured_ms_per_user_max']:.2f}"
         print(f"{r['config']:<14}{r['order']:<7}{'on' if r['gather_rows'] else 'off':<7}"
+              f"{'on' if r['fused_memory_write'] else 'off':<6}"
               f"{r['flop_per_user'] / 1e6:>11.2f}{r['engine_matmul_flop_per_user'] / 1e6:>13.2f}"
               f"{r['floor_ms_per_user']:>10.3f}{r['measured_ms_per_user']:>13.2f}{spread:>16}"
               f"{r['measured_over_floor']:>11.1f}")

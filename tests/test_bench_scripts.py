@@ -96,3 +96,131 @@ def test_mamo_authors_preset_is_the_authors_configuration(bench_modules):
     assert not bench_engine.has_local_tables(bench_engine.build("mamo", first_order=True))
     with pytest.raises(ValueError, match="unknown configuration"):
         bench_engine.resolve("mamo-paper")
+
+
+# -- bench/bench_engine.py: interleaved rounds ----------------------------------------------------
+
+def test_bench_engine_rounds_are_interleaved_with_alternating_order(bench_modules):
+    _, bench_engine = bench_modules
+    calls = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def run(self, batches, record=True):
+            calls.append((self.name, batches, record))
+
+    bench_engine.time_interleaved([Fake("a"), Fake("b"), Fake("c")], rounds=3, batches=2, warmup=1)
+    assert calls == [("a", 1, False), ("b", 1, False), ("c", 1, False),
+                     ("a", 2, True), ("b", 2, True), ("c", 2, True),
+                     ("c", 2, True), ("b", 2, True), ("a", 2, True),
+                     ("a", 2, True), ("b", 2, True), ("c", 2, True)]
+
+
+def test_bench_engine_quick_reports_median_and_spread_per_figure(tmp_path):
+    out = tmp_path / "engine-{device}.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_engine.py"), "--quick", "--methods", "melu,mamo",
+                          "--paths", "loop,vmap", "--fused", "off,on", "--devices", "cpu", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr
+    assert "(min-max)" in run.stdout and "wrote" in run.stdout
+    report = json.loads((tmp_path / "engine-cpu.json").read_text(encoding="utf-8"))
+    assert report["machine"]["thread_env"]["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert report["timing"]["rounds"] == 2 and report["batches_timed"] == 2
+    rows = report["results"]
+    # fused only where there is a memory write to fuse (MAMO), every configuration on both paths
+    assert [(r["method"], r["path"], r["fused_memory_write"]) for r in rows] == [
+        ("melu", "loop", False), ("melu", "vmap", False), ("mamo", "loop", False), ("mamo", "vmap", False),
+        ("mamo", "loop", True), ("mamo", "vmap", True)]
+    for r in rows:  # the keys earlier JSON had, plus the spread over rounds
+        assert r["finite_loss"] and r["order"] == "first" and r["device"] == "cpu" and r["rounds"] == 2
+        assert len(r["batch_seconds"]) == r["batches_timed"] == 2 and len(r["round_median_seconds"]) == 2
+        assert r["users_per_s_min"] <= r["users_per_s"] <= r["users_per_s_max"]
+        assert r["epoch_seconds_min"] <= r["epoch_seconds"] <= r["epoch_seconds_max"]
+        assert r["epoch_seconds"] == pytest.approx(report["users_per_epoch"] / r["users_per_s"])
+        assert (r["vmap_speedup"] is None) == (r["path"] == "loop")
+
+
+def test_fused_memory_write_is_timed_only_where_mamo_writes_m_u(bench_modules):
+    _, bench_engine = bench_modules
+    assert bench_engine.has_fusable_write("mamo") and bench_engine.has_fusable_write("mamo-authors")
+    assert not bench_engine.has_fusable_write("maml")
+    grid = bench_engine.setting_grid(["maml", "mamo"], ["first"], ["off", "on"], ["off", "on"])
+    assert grid == [("maml", "first", False, False), ("maml", "first", True, False),
+                    ("mamo", "first", False, False), ("mamo", "first", False, True)]
+
+
+def test_fused_memory_write_runs_one_pass_fewer(bench_modules):
+    """The fused write does no matmul of its own: the engine's count drops by the separate pass's, and with
+    it nearly all of the work the engine did beyond the floor."""
+    from helpers import TINY_NETS, tiny_batch, tiny_spec
+
+    from mamo_lite.methods import build_learner
+
+    floor, _ = bench_modules
+    torch.manual_seed(0)
+    learner = build_learner("mamo", tiny_spec(), overrides=TINY_NETS["maml"])  # MAMO extends MAML's network
+    batch = tiny_batch(n_users=2, n_support=4, n_query=3)
+    plain = floor.engine_matmul_flop(learner, batch)
+    learner.fused_memory_write = True
+    fused = floor.engine_matmul_flop(learner, batch)
+    counted = floor.flop_per_user(learner, n_support=4, n_query=3)["first"]
+    assert fused < plain and abs(fused - counted) < plain - counted
+
+
+# -- bench/stalls.py: wait policy × threads, one child process per setting ------------------------
+
+def test_stalls_quick_runs_each_setting_in_its_own_process(tmp_path):
+    out = tmp_path / "stalls.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "stalls.py"), "--quick", "--out", str(out)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr
+    assert "p99/med" in run.stdout and "wrote" in run.stdout
+    report = json.loads(out.read_text(encoding="utf-8"))
+    machine = report["machine"]
+    assert machine["device_name"] and machine["torch"] == torch.__version__
+    assert isinstance(machine["contended"], bool) and len(machine["load_average_1_5_15min"]) == 3
+    rows = report["results"]
+    assert [(r["omp_wait_policy"], r["torch_threads"], r["method"]) for r in rows] == [("unset", 2, "melu"),
+                                                                                       ("PASSIVE", 2, "melu")]
+    # what OpenMP saw when the child loaded torch: nothing for "unset" (torch before mamo_lite), else the setting
+    assert [r["omp_wait_policy_at_torch_import"] for r in rows] == [None, "PASSIVE"]
+    for r in rows:
+        assert r["steps"] == len(r["seconds"]) == 6 and r["torch_threads"] == 2
+        assert r["min_ms"] <= r["median_ms"] <= r["p99_ms"] <= r["max_ms"]
+        assert r["p99_over_median"] == pytest.approx(r["p99_ms"] / r["median_ms"])
+    assert [(e["command"], e["torch_loaded"], e["omp_wait_policy_at_torch_import"]) for e in report["entry_points"]] \
+        == [("python -m mamo_lite methods", True, "PASSIVE")]
+
+
+@pytest.fixture
+def stalls(monkeypatch):
+    import importlib
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    return importlib.import_module("stalls")
+
+
+def test_stalls_statistics(stalls):
+    seconds = [0.01] * 98 + [0.05, 1.0]
+    s = stalls.summarise(seconds)
+    assert s["median_ms"] == pytest.approx(10) and s["p99_ms"] == pytest.approx(50) and s["max_ms"] == pytest.approx(1e3)
+    assert s["p99_over_median"] == pytest.approx(5) and s["stalls_over_10x_median"] == 1
+    assert stalls.percentile([3, 1, 2], 50) == 2 and stalls.percentile([5], 99) == 5
+
+
+def test_every_entry_point_loads_torch_with_the_passive_wait_policy(stalls, tmp_path):
+    """The CLI, ``reproduce`` and the benchmarks import ``mamo_lite`` before torch, so OpenMP sees PASSIVE; the
+    check itself notices a script that imports torch first."""
+    checked = stalls.check_entry_points()
+    assert {e["command"] for e in checked} >= {"python -m mamo_lite methods", "python -m mamo_lite reproduce --help",
+                                               "python bench/bench_engine.py --help", "python bench/floor.py --help"}
+    for e in checked:
+        assert e["returncode"] == 0 and e["torch_loaded"], e
+        assert e["omp_wait_policy_at_torch_import"] == "PASSIVE" and e["mamo_lite_imported_first"], e
+    torch_first = tmp_path / "torch_first.py"
+    torch_first.write_text("import torch\nimport mamo_lite\n", encoding="utf-8")
+    seen = stalls.watch_torch_import("path", str(torch_first))
+    assert seen["torch_loaded"] and seen["omp_wait_policy_at_torch_import"] is None
+    assert seen["omp_wait_policy_at_exit"] == "PASSIVE"  # set by mamo_lite, too late for OpenMP
