@@ -308,7 +308,7 @@ def groups_study(methods: Iterable[str] = DEFAULT_METHODS, datasets: Iterable[st
     out, dev = Path(out), resolve_device(device)
     cells = [(p, d, s, m) for p in protocols for d in datasets for s in seeds for m in labels]
     bar = progress(total=len(cells), enabled=show_progress, desc="groups", unit="cell")
-    done, cache = [], {}
+    done, cache, tuned = [], {}, {}
     try:
         for protocol, dataset, seed, label in cells:
             if (protocol, dataset, seed) not in cache:
@@ -316,7 +316,11 @@ def groups_study(methods: Iterable[str] = DEFAULT_METHODS, datasets: Iterable[st
                                                            protocol=protocol_for(protocol, dataset))}
             data = cache[(protocol, dataset, seed)]
             row = METHODS[label]
-            chosen = _tuned(label, dataset, protocol, budget, out, loader, dev) if row.grid else None
+            chosen = None
+            if row.grid:
+                if (label, dataset, protocol) not in tuned:
+                    tuned[(label, dataset, protocol)] = _tuned(label, dataset, protocol, budget, out, loader, dev)
+                chosen = tuned[(label, dataset, protocol)]
             key = _key({"study": "groups", "protocol": protocol, "protocol_spec": _protocol_spec(data),
                         "dataset": dataset, "data": _data_identity(data), "row": _row_identity(row),
                         "budget": _budget_identity(row, budget), "seed": seed, "chosen": chosen or {},
