@@ -134,7 +134,9 @@ class MetaLearner(nn.Module):
     """A recommender plus the rule that initialises, adapts and meta-updates it.
 
     Subclasses override :meth:`init_fast` (personalised initialisation), :meth:`memory_state`,
-    :meth:`user_aux` and :meth:`write_memories` (MAMO). The engine functions below only call these
+    :meth:`user_aux` and :meth:`write_memories` (MAMO), and :meth:`aux_taps` to take per-user gradients
+    at the adapted weights from the main pass instead of a pass of their own (MAMO's opt-in
+    ``fused_memory_write``). The engine functions below only call these
     hooks, so MAML, MeLU, MetaCS-DNN and MAMO share one inner loop and one meta-gradient.
 
     A method whose inner loop is not Eq. 11 (s²Meta's learned optimiser) overrides the per-user
