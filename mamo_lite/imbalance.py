@@ -74,12 +74,15 @@ from mamo_lite.reproduce import (
 )
 from mamo_lite.utils import atomic_write_text, json_safe, progress, resolve_device, versions
 
-__all__ = ["DATASETS", "GROUPINGS", "METHODS", "PROTOCOLS", "STUDY_BUDGETS", "groups_cell", "groups_study",
-           "label_test_users", "load_groups", "method_label", "protocol_for"]
+__all__ = ["DATASETS", "DEFAULT_METHODS", "GREATMETA_AS_CODED", "GROUPINGS", "METHODS", "PER_USER_COLUMNS",
+           "PROTOCOLS", "STUDY_BUDGETS", "groups_cell", "groups_study", "label_test_users", "load_groups",
+           "method_label", "protocol_for"]
 
 DEFAULT_OUT = Path("results") / "groups"
 DATASETS: tuple[str, ...] = ("movielens-1m", "book-crossing", "movielens-100k")
+"""The study's datasets (the issue's three), in the order they are computed."""
 PROTOCOLS: tuple[str, ...] = ("mamo", "greatmeta")
+"""The protocols by name: MAMO's (four scenarios) and GreatMeta's (user cold-start only); :func:`protocol_for`."""
 GROUPINGS: dict[str, str] = {"taste": "taste_distance", "histogram": "histogram_distance"}
 """Grouping name → the distance column of :func:`mamo_lite.groups.profiles` it thresholds (high = minority)."""
 
@@ -87,6 +90,7 @@ GROUPINGS: dict[str, str] = {"taste": "taste_distance", "histogram": "histogram_
 # of mamo_lite.methods.greatmeta; ρ, rates and batch size are already the code's in the default row).
 GREATMETA_AS_CODED = {"conditioning": "query", "lookahead": "sgd", "gradients": "aliased", "inner_steps": 3,
                       "eval_adapts": "all", "output_bias_init": "zero"}
+"""The overrides of the ``GreatMeta (as coded)`` row."""
 
 METHODS: dict[str, Row] = {
     "MAML": ROWS["MAML"],
@@ -101,6 +105,7 @@ METHODS: dict[str, Row] = {
 }
 """The study's methods by label: the first four are the issue's, the GreatMeta variants are optional."""
 DEFAULT_METHODS: tuple[str, ...] = ("MAML", "MeLU", "MAMO", "GreatMeta")
+"""The methods :func:`groups_study` runs unless told otherwise."""
 
 PER_USER_COLUMNS: tuple[str, ...] = (
     "user", "user_cold", "MAE", "RMSE", "NDCG@3", "n", "n_support", "mean_support", "taste_distance", "taste_items",
@@ -284,7 +289,7 @@ def groups_study(methods: Iterable[str] = DEFAULT_METHODS, datasets: Iterable[st
     """Every (protocol × dataset × seed × method) cell into ``out`` (module docstring); returns the tidy
     per-group rows of these cells (:func:`load_groups`'s ``groups`` frame, restricted to them).
 
-    ``loader(dataset, seed=, protocol=)`` loads a dataset (default :func:`mamo_lite.data.load`); the
+    ``loader(dataset, seed=, protocol=)`` loads a dataset (default :func:`mamo_lite.data.dataset.load`); the
     protocol it gets is :func:`protocol_for`'s. Cells are computed dataset by dataset, one split in memory
     at a time; finished cells with the same key are read back.
     """
