@@ -379,7 +379,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="groups protocols: mamo (four scenarios) and/or greatmeta (user cold-start only; "
                         "default: both)")
     r.add_argument("--support", nargs="+", type=_int, metavar="N", help="fig4 support sizes (default: 5 10)")
-    r.add_argument("--seeds", type=_int, default=None, help="seeds 0 … N-1 (default: 5 for table1 and groups, 3 for figures)")
+    r.add_argument("--seeds", type=_int, default=None,
+                   help="seeds 0 … N-1 (default: 5 for table1 and groups, 3 for figures)")
     r.add_argument("--budget", choices=("smoke", "book", "full"), default="book",
                    help="epochs, patience and users per cell (default: book; full is table1's only)")
     r.add_argument("--out", default=None, help="results folder (default: results/WHAT)")
@@ -812,7 +813,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         return _reproduce_groups(args, seeds, out, device)
     if args.what != "table1":
         return _reproduce_figure(args, seeds, out, device)
-    table = table1(args.datasets or ["movielens-1m", "book-crossing"], args.rows, range(seeds), args.budget, out=out, device=device,
+    datasets = args.datasets or ["movielens-1m", "book-crossing"]
+    table = table1(datasets, args.rows, range(seeds), args.budget, out=out, device=device,
                    show_progress=args.progress)
     shown = table[table["metric"].isin(["MAE", "NDCG@3", "spread"])]
     summary = shown.groupby(["dataset", "method", "scenario", "metric"], sort=False)["value"].agg(["mean", "std"])
