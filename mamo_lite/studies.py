@@ -95,6 +95,7 @@ STUDY_BUDGETS: dict[str, Budget] = {
     "smoke": BUDGETS["smoke"],
     "book": Budget("study", max_epochs=8, patience=2, max_train_users=1000),
 }
+"""The studies' budgets: ``"book"`` (1000 training users, at most 8 epochs, patience 2) and ``"smoke"``."""
 
 
 def _budget(budget: Budget | str) -> Budget:
