@@ -224,3 +224,23 @@ def test_every_entry_point_loads_torch_with_the_passive_wait_policy(stalls, tmp_
     seen = stalls.watch_torch_import("path", str(torch_first))
     assert seen["torch_loaded"] and seen["omp_wait_policy_at_torch_import"] is None
     assert seen["omp_wait_policy_at_exit"] == "PASSIVE"  # set by mamo_lite, too late for OpenMP
+
+
+# -- bench/authors.py: the authors' MAMO side by side (their code is never in the repository) ------------
+
+def test_authors_script_refuses_an_absent_or_unprepared_checkout(tmp_path):
+    def run(checkout):
+        return subprocess.run([sys.executable, str(ROOT / "bench" / "authors.py"), str(checkout), "--quick",
+                               "--out", str(tmp_path / "authors.json")], cwd=ROOT, capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    absent = run(tmp_path / "no-such-checkout")
+    assert absent.returncode == 2 and "does not exist" in absent.stderr
+    assert "github.com/dongmanqing/Code-for-MAMO" in absent.stderr and "--prepare" in absent.stderr
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    for name in ("mamoRec.py", "models.py", "configs.py"):
+        (fake / name).write_text("", encoding="utf-8")
+    unprepared = run(fake)
+    assert unprepared.returncode == 2 and "is not prepared" in unprepared.stderr and "--prepare" in unprepared.stderr
+    assert not (tmp_path / "authors.json").exists()
