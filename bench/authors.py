@@ -125,12 +125,12 @@ def prepare_checkout(path: Path, data_dir: Path) -> list[str]:
     done = []
     for p in PATCHES:
         f = path / p["file"]
-        text = f.read_text(encoding="utf-8")
+        text = f.read_bytes().decode("utf-8")  # bytes: their files mix line endings, keep them as they are
         if p["new"] in text:
             continue
         if text.count(p["old"]) != 1:
             raise Usage(f"{f} does not contain the line {p['old']!r} exactly once: not commit {AUTHORS_COMMIT[:7]}?")
-        f.write_text(text.replace(p["old"], p["new"]), encoding="utf-8")
+        f.write_bytes(text.replace(p["old"], p["new"]).encode("utf-8"))
         done.append(f"{p['file']}: {p['old']} -> {p['new']}")
     stub = path / STUB[0]
     if not stub.exists():
