@@ -120,6 +120,7 @@ ROWS: dict[str, Row] = {
     "MAMO": Row("meta", "mamo"),
     "MAMO (as coded)": Row("meta", "mamo", MAMO_AS_CODED),
 }
+"""Table 1's rows by label: how each is computed (:class:`Row`), in the order the chapter shows them."""
 
 
 _SPELLED = {"+": "plus", "λ": "lambda", "ρ": "rho", "τ": "tau", "²": "2"}
