@@ -44,7 +44,6 @@ rows of all test users (as a Table-1 cell), the per-group metrics (``groups``: u
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -69,6 +68,8 @@ from mamo_lite.reproduce import (
     _data_identity,
     _row_identity,
     cell_predictions,
+    payload_key,
+    resolve_budget,
     slug,
     tune,
 )
@@ -149,11 +150,7 @@ def protocol_for(protocol: str, dataset: str):
 
 
 def _budget(budget: Budget | str) -> Budget:
-    if isinstance(budget, Budget):
-        return budget
-    if budget not in STUDY_BUDGETS:
-        raise ValueError(f"budget must be one of {list(STUDY_BUDGETS)} or a Budget, got {budget!r}")
-    return STUDY_BUDGETS[budget]
+    return resolve_budget(budget, STUDY_BUDGETS)
 
 
 def _check_quantile(quantile: float) -> None:
@@ -237,9 +234,7 @@ def groups_cell(label: str, dataset: str, protocol: str, seed: int, budget: Budg
                                    for c in users.columns}, "info": info})
 
 
-def _key(payload: dict) -> str:
-    blob = json.dumps(json_safe({**payload, "format": 1}), sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+_key = payload_key
 
 
 def _read(path: Path, key: str) -> dict | None:

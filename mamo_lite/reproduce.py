@@ -356,6 +356,21 @@ def _budget_identity(row: Row, budget: Budget) -> dict[str, Any]:
     return ident
 
 
+def resolve_budget(budget: Budget | str, budgets: dict[str, Budget]) -> Budget:
+    """``budget`` itself, or the entry of ``budgets`` it names (a clear error for any other name)."""
+    if isinstance(budget, Budget):
+        return budget
+    if budget not in budgets:
+        raise ValueError(f"budget must be one of {list(budgets)} or a Budget, got {budget!r}")
+    return budgets[budget]
+
+
+def payload_key(payload: dict) -> str:
+    """A short hash of what a stored result depends on (``format`` 1): the studies' and the imbalance cells' key."""
+    blob = json.dumps(json_safe({**payload, "format": 1}), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def cell_key(label: str, dataset: str, seed: int, budget: Budget, data, chosen: dict | None = None) -> str:
     """What a cell's numbers depend on, hashed: a finished cell with the same key is not recomputed."""
     row = ROWS[label]

@@ -29,7 +29,6 @@ and every file is written atomically, so an interrupted study restarts where it 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -40,7 +39,17 @@ from typing import Any
 import pandas as pd
 import torch
 
-from mamo_lite.reproduce import BUDGETS, Budget, Row, _commit, _data_identity, run_cell, slug
+from mamo_lite.reproduce import (
+    BUDGETS,
+    Budget,
+    Row,
+    _commit,
+    _data_identity,
+    payload_key,
+    resolve_budget,
+    run_cell,
+    slug,
+)
 from mamo_lite.utils import atomic_write_text, json_safe, progress, resolve_device, seed_everything, versions
 
 __all__ = ["FIG2", "FIG4_METHODS", "STUDY_BUDGETS", "Point", "fig2", "fig2_key", "fig4", "fig4_key", "load_fig2",
@@ -99,16 +108,10 @@ STUDY_BUDGETS: dict[str, Budget] = {
 
 
 def _budget(budget: Budget | str) -> Budget:
-    if isinstance(budget, Budget):
-        return budget
-    if budget not in STUDY_BUDGETS:
-        raise ValueError(f"budget must be one of {list(STUDY_BUDGETS)} or a Budget, got {budget!r}")
-    return STUDY_BUDGETS[budget]
+    return resolve_budget(budget, STUDY_BUDGETS)
 
 
-def _key(payload: dict) -> str:
-    blob = json.dumps(json_safe({**payload, "format": 1}), sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+_key = payload_key
 
 
 def fig2_key(point: Point, seed: int, budget: Budget, data) -> str:
