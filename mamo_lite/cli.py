@@ -72,8 +72,9 @@ fig2: MAMO's parameter sensitivity on MovieLens-1M (train ratio, support size, l
   5 and 10 (validation MAE per epoch; test MAE per local step) in results/fig4/<method>/s<size>/.
   The figures' "book" budget trains on 1000 training users for at most 8 epochs (see mamo_lite.studies).
 
-groups: chapter 6's minority vs majority users. Each method (--methods: MAML MeLU MAMO GreatMeta by
-  default; also greatmeta-query-film, greatmeta-as-coded) on each dataset (default: movielens-1m
+groups: chapter 6's minority vs majority users. Each method (--methods: MAML MeLU MAMO GreatMeta and
+  the trivial baselines by default; also greatmeta-query-film, greatmeta-as-coded, greatmeta-uniform,
+  greatmeta-held-out-look-ahead) on each dataset (default: movielens-1m
   book-crossing movielens-100k) under each protocol (--protocols: mamo, greatmeta) and seed, trained
   as a Table-1 cell; its test users labelled minority/majority from their support ratings (taste and
   histogram distances against the training users, mamo_lite.groups) and MAE/NDCG@3 reported per
@@ -374,7 +375,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--panels", nargs="+", metavar="PANEL", help="fig2 panels (default: all; see below)")
     r.add_argument("--methods", nargs="+", metavar="METHOD",
                    help="fig4 methods: DNN NMF MAMO (default: all); groups methods: maml melu mamo greatmeta "
-                        "(default) greatmeta-query-film greatmeta-as-coded")
+                        "global-median item-mean user-support-mean (default) greatmeta-query-film "
+                        "greatmeta-as-coded greatmeta-uniform greatmeta-held-out-look-ahead")
     r.add_argument("--protocols", nargs="+", choices=("mamo", "greatmeta"), metavar="PROTOCOL",
                    help="groups protocols: mamo (four scenarios) and/or greatmeta (user cold-start only; "
                         "default: both)")

@@ -27,10 +27,13 @@ MovieLens window would keep only Book-Crossing's heaviest raters]. Ratings stay 
 scale (the authors' code reports ML-100K on [0, 1]; multiply its MAE by 4 to compare).
 
 **Methods** (:data:`METHODS`): the Table-1 rows MAML (ρ chosen on validation users, once per dataset and
-protocol, stored in ``grid.json`` beside the cells), MeLU, MAMO and GreatMeta; two GreatMeta variants are
+protocol, stored in ``grid.json`` beside the cells), MeLU, MAMO and GreatMeta; four GreatMeta variants are
 offered: ``GreatMeta (query FiLM)`` (the FiLM encoder conditioned on the rows being predicted, as coded,
-against ours on the support rows) and ``GreatMeta (as coded)`` (every departure of the authors' code that
-``mamo_lite`` offers as an option, Errata 1–4 and 6 of :mod:`mamo_lite.methods.greatmeta`).
+against ours on the support rows), ``GreatMeta (as coded)`` (every departure of the authors' code that
+``mamo_lite`` offers as an option, Errata 1–4 and 6 of :mod:`mamo_lite.methods.greatmeta`),
+``GreatMeta (uniform)`` (no scheduler, the ablation that isolates it) and ``GreatMeta (held-out
+look-ahead)`` (the scheduler trained on other users' queries). The trivial baselines (global median, item
+mean, user support mean) run with them, so that a group which is hard for every model shows as such.
 
 **Files**: ``<out>/<protocol>/<dataset>/<method>/seed<k>.json``, one per cell, written atomically. Each
 holds a *key* (protocol and its settings, dataset identity, method configuration, budget, seed, grouping
@@ -76,8 +79,8 @@ from mamo_lite.reproduce import (
 from mamo_lite.utils import atomic_write_text, json_safe, progress, resolve_device, versions
 
 __all__ = ["DATASETS", "DEFAULT_METHODS", "GREATMETA_AS_CODED", "GROUPINGS", "METHODS", "PER_USER_COLUMNS",
-           "PROTOCOLS", "STUDY_BUDGETS", "groups_cell", "groups_study", "label_test_users", "load_groups",
-           "method_label", "protocol_for"]
+           "PROTOCOLS", "STUDY_BUDGETS", "from_table1", "group_intervals", "group_table", "groups_cell", "groups_study", "label_test_users",
+           "load_groups", "method_label", "protocol_for"]
 
 DEFAULT_OUT = Path("results") / "groups"
 DATASETS: tuple[str, ...] = ("movielens-1m", "book-crossing", "movielens-100k")
@@ -105,10 +108,19 @@ METHODS: dict[str, Row] = {
     "GreatMeta (as coded)": Row("meta", "greatmeta", GREATMETA_AS_CODED,
                                 note="query FiLM, SGD look-ahead, aliased gradients, 3 steps, all tensors "
                                      "adapted at test"),
+    "GreatMeta (uniform)": Row("meta", "greatmeta", {"weighting": "uniform"},
+                               note="no scheduler: every user of a batch weighs 1/B (the ablation of the scheduler)"),
+    "GreatMeta (held-out look-ahead)": Row("meta", "greatmeta", {"lookahead_users": "held-out"},
+                                           note="the scheduler's look-ahead scored on the other half of the batch"),
 }
-"""The study's methods by label: the first four are the issue's, the GreatMeta variants are optional."""
-DEFAULT_METHODS: tuple[str, ...] = ("MAML", "MeLU", "MAMO", "GreatMeta")
-"""The methods :func:`groups_study` runs unless told otherwise."""
+"""The study's methods by label: the issue's four, the GreatMeta variants (optional) and the trivial
+baselines (added below)."""
+for _trivial in ("global median", "item mean", "user support mean"):  # the trivial baselines of every comparison
+    METHODS[_trivial] = ROWS[_trivial]
+DEFAULT_METHODS: tuple[str, ...] = ("MAML", "MeLU", "MAMO", "GreatMeta", "global median", "item mean",
+                                    "user support mean")
+"""The methods :func:`groups_study` runs unless told otherwise: the issue's four meta-learners and the three
+trivial baselines (seconds), so that a group that is hard for every model is visible as such."""
 
 PER_USER_COLUMNS: tuple[str, ...] = (
     "user", "user_cold", "MAE", "RMSE", "NDCG@3", "n", "n_support", "mean_support", "taste_distance", "taste_items",
@@ -380,3 +392,108 @@ def load_groups(folder: str | Path = DEFAULT_OUT) -> dict[str, pd.DataFrame]:
             "per_user": pu[[*keys, *PER_USER_COLUMNS, *sorted(set(pu.columns) - {*keys, *PER_USER_COLUMNS})]]
             if len(pu) else pu,
             "runs": pd.DataFrame(runs)}
+
+
+def from_table1(folder: str | Path = Path("results") / "table1", *, methods: Iterable[str] | None = None,
+                datasets: Iterable[str] | None = None, quantile: float = 0.2,
+                loader: Callable[..., Any] | None = None) -> dict[str, pd.DataFrame]:
+    """The ``mamo`` protocol's per-group results read off the Table-1 cells in ``folder``, without training.
+
+    A Table-1 cell and a ``groups`` cell under MAMO's protocol train the same row on the same split with
+    the same budget and seed (:func:`mamo_lite.reproduce.cell_predictions` both), and a Table-1 cell keeps
+    every test user's MAE and NDCG@3 (``per_user``). Labelling those users (:func:`label_test_users`,
+    model-free, from the dataset ``loader(dataset, seed=)`` loads, default :func:`mamo_lite.data.load`)
+    gives the per-group rows without a second training run. ``methods`` (default: those of :data:`METHODS`
+    whose Table-1 row is the study's row) and ``datasets`` (default: all in ``folder``) select cells.
+
+    Returns ``{"groups", "per_user"}`` in :func:`load_groups`'s columns (``protocol="mamo"``; ``RMSE`` and
+    the scenario tables need the predictions, which Table-1 cells do not keep, so they are absent).
+    """
+    from mamo_lite.data import load
+    from mamo_lite.results import load_cells
+
+    _check_quantile(quantile)
+    loader = loader or load
+    same = [m for m, row in METHODS.items() if ROWS.get(m) == row]
+    labels = same if methods is None else [method_label(m) for m in methods]
+    bad = [m for m in labels if m not in same]
+    if bad:
+        raise ValueError(f"{bad}: not a Table-1 row with the study's settings; choose from {same}")
+    cells = load_cells(folder).per_user
+    cells = cells[cells["method"].isin(labels)]
+    if datasets is not None:
+        cells = cells[cells["dataset"].isin(list(datasets))]
+    keys = ["protocol", "dataset", "method", "seed"]
+    groups, per_user = [], []
+    for (dataset, seed), part in cells.groupby(["dataset", "seed"], sort=True):
+        data = loader(dataset, seed=int(seed))
+        for method, users in part.groupby("method", sort=False):
+            labels_ = label_test_users(data, users["user"].to_numpy(), quantile=quantile)
+            merged = users.drop(columns=["method", "dataset", "seed"]).merge(labels_, on="user", how="left")
+            ident = {"protocol": "mamo", "dataset": dataset, "method": method, "seed": int(seed)}
+            per_user.append(merged.assign(**ident))
+            for name in GROUPINGS:
+                tidy = group_metrics(merged.assign(method=method, dataset=dataset, seed=int(seed)),
+                                     merged[["user", f"group_{name}"]].rename(columns={f"group_{name}": "group"}),
+                                     metrics=["MAE", "NDCG@3"])
+                groups.append(tidy.assign(protocol="mamo", grouping=name))
+    group_cols = [*keys, "grouping", "group", "metric", "value", "users", "ratings"]
+    if not groups:
+        return {"groups": pd.DataFrame(columns=group_cols), "per_user": pd.DataFrame(columns=keys)}
+    pu = pd.concat(per_user, ignore_index=True)
+    return {"groups": pd.concat(groups, ignore_index=True).reindex(columns=group_cols),
+            "per_user": pu[[*keys, *[c for c in pu.columns if c not in keys]]]}
+
+
+# -- reading the study ----------------------------------------------------------------------------------------
+
+def group_table(groups: pd.DataFrame, *, metric: str = "MAE", grouping: str = "taste") -> pd.DataFrame:
+    """Per (protocol, dataset, method): the seeds' mean and standard deviation of ``metric`` for the
+    ``majority``, ``minority`` and ``all`` users, and of the ``gap`` (minority − majority, per seed).
+
+    ``groups``: :func:`load_groups`'s (or :func:`from_table1`'s) ``groups`` frame. Columns are a
+    two-level index ``(group, statistic)`` with statistics ``mean``, ``std`` (over seeds, ``ddof=1``) and
+    ``seeds``. A positive MAE gap means the minority is served worse.
+    """
+    if grouping not in GROUPINGS:
+        raise ValueError(f"grouping must be one of {list(GROUPINGS)}, got {grouping!r}")
+    sel = groups[(groups["metric"] == metric) & (groups["grouping"] == grouping)]
+    if sel.empty:
+        raise ValueError(f"no {metric!r} rows for grouping {grouping!r} (metrics present: "
+                         f"{sorted(groups['metric'].unique())})")
+    keys = ["protocol", "dataset", "method"]
+    wide = sel.pivot_table(index=[*keys, "seed"], columns="group", values="value")
+    wide = wide.reindex(columns=["majority", "minority", "all"])
+    wide["gap"] = wide["minority"] - wide["majority"]
+    stats = wide.groupby(level=keys).agg(["mean", "std", "count"])
+    return stats.rename(columns={"count": "seeds"}, level=1)
+
+
+def group_intervals(per_user: pd.DataFrame, pairs: Iterable[tuple[str, str]], *, grouping: str = "taste",
+                    group: str = "minority", metric: str = "MAE", confidence: float = 0.95,
+                    n_resamples: int = 9999) -> pd.DataFrame:
+    """Paired bootstrap intervals of ``a − b`` on one ``group``'s test users, per protocol and dataset.
+
+    ``per_user``: :func:`load_groups`'s (or :func:`from_table1`'s) ``per_user`` frame; ``pairs``: ``(a, b)``
+    method labels. The units are the (seed, user) pairs both methods scored
+    (:func:`mamo_lite.results.paired_interval`, BCa); ``group="all"`` takes every user. Pairs missing
+    from a (protocol, dataset) are skipped. Columns: ``protocol, dataset, a, b, group, metric, diff, low,
+    high, units``; an MAE ``diff`` below 0 means ``a`` is better.
+    """
+    from mamo_lite.results import paired_interval
+
+    column = f"group_{grouping}"
+    if column not in per_user.columns:
+        raise ValueError(f"per_user has no {column!r} column; groupings: {list(GROUPINGS)}")
+    sel = per_user if group == "all" else per_user[per_user[column] == group]
+    rows = []
+    for (protocol, dataset), part in sel.groupby(["protocol", "dataset"], sort=True):
+        have = set(part["method"])
+        for a, b in pairs:
+            if a not in have or b not in have:
+                continue
+            r = paired_interval(part, a, b, metric, dataset, confidence=confidence, n_resamples=n_resamples)
+            rows.append({"protocol": protocol, "dataset": dataset, "a": a, "b": b, "group": group, "metric": metric,
+                         "diff": r["mean_difference"], "low": r["low"], "high": r["high"], "units": r["units"]})
+    return pd.DataFrame(rows, columns=["protocol", "dataset", "a", "b", "group", "metric", "diff", "low", "high",
+                                       "units"])

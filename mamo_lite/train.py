@@ -135,9 +135,11 @@ def _splits(data: Any, val: bool | TaskBatch) -> tuple[TaskBatch, TaskBatch | No
 
 def val_metrics(learner: MetaLearner, batch: TaskBatch, *, path: Path = "vmap", chunk: int = 256,
                 steps: int | None = None) -> dict[str, float]:
-    """Validation MAE and RMSE pooled over the query ratings (Algorithm 2 predictions, clipped to the scale)."""
+    """Validation MAE and RMSE pooled over the query ratings (Algorithm 2 predictions, clipped to the scale),
+    and ``RMSE_unclipped``, the RMSE of the raw predictions: :func:`fit` breaks ties in MAE with it."""
     pred = predict(learner, batch, path=path, chunk=chunk, steps=steps)
-    return pooled_errors(pred, batch, learner.model.spec)
+    metrics = pooled_errors(pred, batch, learner.model.spec)
+    return {**metrics, "RMSE_unclipped": pooled_errors(pred, batch, None)["RMSE"]}
 
 
 def _clone_state(learner: MetaLearner) -> dict[str, torch.Tensor]:
@@ -169,7 +171,8 @@ def fit(
     mapping ``{"train": TaskBatch, "val": TaskBatch}``, or one training ``TaskBatch`` (then no
     validation unless ``val`` is a ``TaskBatch``). ``val=False`` skips validation: the last epoch is
     kept. ``max_train_users``/``max_val_users`` train/validate on a seeded subset. ``patience`` stops
-    after that many epochs without a lower validation MAE. ``optimizer`` resumes a saved optimiser
+    after that many epochs without a lower validation MAE (an equal MAE with a lower unclipped RMSE counts as
+    lower: see :func:`val_metrics`). ``optimizer`` resumes a saved optimiser
     (default: a fresh ``make_optimizer(learner)``). ``progress``: None shows a bar only in a terminal.
     ``callback(epoch, metrics, learner)`` runs after each epoch; returning True stops training.
     ``max_loss``: a meta-batch whose mean query loss exceeds it (or is not finite) stops the run as
@@ -248,9 +251,15 @@ def fit(
                 if not math.isfinite(metrics["MAE"]):
                     diverged = divergence_message(epoch, "val")
                     break
-                rows += [(epoch, "val", m, v) for m, v in metrics.items()] + [(epoch, "val", "seconds", seconds)]
-                epoch_metrics.update({f"val_{m}": v for m, v in metrics.items()}, val_seconds=seconds)
-                improved = metrics["MAE"] < best_mae
+                shown = {m: v for m, v in metrics.items() if m != "RMSE_unclipped"}  # the tie-break stays out of the history
+                rows += [(epoch, "val", m, v) for m, v in shown.items()] + [(epoch, "val", "seconds", seconds)]
+                epoch_metrics.update({f"val_{m}": v for m, v in shown.items()}, val_seconds=seconds)
+                # A tie in MAE is broken by the unclipped RMSE: while every prediction is clipped to the
+                # same bound (an untrained output near 0 on a 1-5 scale) the MAE cannot move, but a model
+                # that is learning gets closer to the scale, and that is progress, not a flat curve.
+                improved = metrics["MAE"] < best_mae or (
+                    metrics["MAE"] == best_mae
+                    and metrics.get("RMSE_unclipped", math.inf) < best_val.get("RMSE_unclipped", math.inf))
                 if improved:
                     best_mae, best_val = metrics["MAE"], metrics
             if improved:

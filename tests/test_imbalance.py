@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from mamo_lite import imbalance as im
@@ -137,6 +138,52 @@ def test_labels_are_model_free_and_a_quantile_of_the_evaluated_users(study):
     labels = im.label_test_users(data, users)
     assert labels.user.tolist() == users.tolist()
     assert (labels.n_support == data.ratings.query("set == 'support'").groupby("user").size()[users].to_numpy()).all()
+
+
+def test_table1_cells_give_the_same_groups_as_a_groups_run(study, tmp_path):
+    """from_table1 labels the Table-1 cells' test users instead of training again: the per-group numbers must
+    be the ones a groups run computes under MAMO's protocol (MAML: the same validated ρ, the same training)."""
+    from mamo_lite import reproduce as rp
+
+    out, _ = study
+    rows = ["MAML", "global median", "user support mean"]
+    rp.table1(["synthetic"], rows, [0], "smoke", out=tmp_path / "t1", loader=synthetic, show_progress=False)
+    im.groups_study(rows, ["synthetic"], ["mamo"], [0], "smoke", out=out, loader=synthetic, show_progress=False)
+    derived = im.from_table1(tmp_path / "t1", loader=synthetic)
+    stored = im.load_groups(out)["groups"].query("protocol == 'mamo' and metric != 'RMSE'")
+    keys = ["method", "grouping", "group", "metric"]
+    a = derived["groups"].set_index(keys).sort_index()
+    b = stored[stored.method.isin(rows)].set_index(keys).sort_index()
+    assert sorted(a.index.get_level_values("method").unique()) == sorted(rows)
+    assert a.index.equals(b.index) and (a["users"] == b["users"]).all()
+    np.testing.assert_allclose(a["value"], b["value"], rtol=0, atol=2e-6)  # cells store per-user values to 6 places
+    assert set(derived["per_user"].columns) >= {"protocol", "user", "MAE", "group_taste", "group_histogram"}
+    with pytest.raises(ValueError, match="not a Table-1 row"):
+        im.from_table1(tmp_path / "t1", methods=["GreatMeta (as coded)"], loader=synthetic)
+
+
+def test_group_table_and_intervals_by_hand():
+    import pandas as pd
+
+    rows = []
+    for seed, (maj, mino) in enumerate([(1.0, 1.5), (0.8, 1.1)]):
+        for group, value in (("majority", maj), ("minority", mino), ("all", (maj + mino) / 2)):
+            rows.append({"protocol": "mamo", "dataset": "d", "method": "A", "seed": seed, "grouping": "taste",
+                         "group": group, "metric": "MAE", "value": value})
+    t = im.group_table(pd.DataFrame(rows))
+    assert t.loc[("mamo", "d", "A"), ("gap", "mean")] == pytest.approx(0.4)  # (0.5 + 0.3) / 2
+    assert t.loc[("mamo", "d", "A"), ("gap", "std")] == pytest.approx(np.std([0.5, 0.3], ddof=1))
+    assert t.loc[("mamo", "d", "A"), ("minority", "seeds")] == 2
+    with pytest.raises(ValueError, match="grouping"):
+        im.group_table(pd.DataFrame(rows), grouping="nope")
+    # intervals: only the chosen group's users, paired by (seed, user)
+    pu = pd.DataFrame([{"protocol": "mamo", "dataset": "d", "method": m, "seed": 0, "user": u, "MAE": v,
+                        "group_taste": "minority" if u < 3 else "majority"}
+                       for u in range(6) for m, v in (("A", 1.0 + 0.1 * u), ("B", 1.2 + 0.1 * u + 0.01 * (u % 2)))])
+    iv = im.group_intervals(pu, [("A", "B"), ("A", "missing")])
+    assert len(iv) == 1 and iv.loc[0, "units"] == 3
+    assert iv.loc[0, "diff"] == pytest.approx(np.mean([-0.2, -0.21, -0.2]))
+    assert iv.loc[0, "low"] <= iv.loc[0, "diff"] <= iv.loc[0, "high"]
 
 
 def test_bad_inputs_say_what_to_do(tmp_path):

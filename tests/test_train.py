@@ -124,6 +124,26 @@ def test_patience_and_callback_stop_early():
     assert result.epochs_run < 6 and result.stopped_early
 
 
+def test_a_clipped_but_learning_model_is_not_stopped_by_patience():
+    """Old bug: MeLU's untrained output (near 0) is clipped to the lowest rating, so its validation MAE stays
+    exactly the same for epochs while it learns; patience stopped it there (ML-100K MeLU cells at 2.67 MAE).
+    Ties in MAE are now broken by the unclipped RMSE; a learner that cannot move still stops."""
+    def below_the_scale(**overrides):
+        learner = _learner(local_lr=0.0, **overrides)
+        with torch.no_grad():
+            learner.model.out.bias.fill_(-100.0)  # every prediction clipped to rating_min for all 6 epochs
+        return learner
+
+    result = fit(below_the_scale(), _data(), epochs=6, seed=0, device="cpu", patience=1, progress=False)
+    mae = result.history.query("split == 'val' and metric == 'MAE'")["value"]
+    assert mae.nunique() == 1  # the clipped MAE never moves ...
+    assert result.epochs_run == 6 and result.best_epoch == 6 and not result.stopped_early  # ... yet it learns
+    assert "RMSE_unclipped" in result.best_val and "RMSE_unclipped" not in set(result.history["metric"])
+    stuck = fit(below_the_scale(global_lr=1e-12), _data(), epochs=6, seed=0, device="cpu", patience=1,
+                progress=False)
+    assert stuck.epochs_run == 2 and stuck.stopped_early and stuck.best_epoch == 1
+
+
 def test_fit_inputs_and_validation_options():
     data = _data()
     learner = _learner()
