@@ -172,6 +172,20 @@ def _wide_batch(n_users=4):
         query_y=torch.randint(1, 6, (n_users, 3), generator=torch.Generator().manual_seed(0)).float())
 
 
+def test_fit_baseline_breaks_mae_ties_by_the_unclipped_rmse():
+    """While every prediction is clipped to the scale's lower bound (offsets below -20 on 0-20) the MAE cannot
+    move; a model whose raw predictions approach the scale is learning and patience must not stop it."""
+    batch = _wide_batch()
+    learning = fit_baseline(Scripted, batch, batch, spec=tiny_spec(0.0, 20.0), seed=0, max_epochs=4, patience=1,
+                            device="cpu", losses=[1.0] * 4, offsets=[-40.0, -35.0, -30.0, -25.0])
+    assert learning.best_epoch == 4 and learning.epochs_run == 4 and not learning.stopped_early
+    mae = learning.history.query("split == 'val' and metric == 'MAE'")["value"]
+    assert mae.nunique() == 1
+    stuck = fit_baseline(Scripted, batch, batch, spec=tiny_spec(0.0, 20.0), seed=0, max_epochs=4, patience=1,
+                         device="cpu", losses=[1.0] * 4, offsets=[-40.0] * 4)
+    assert stuck.best_epoch == 1 and stuck.epochs_run == 2 and stuck.stopped_early
+
+
 def test_fit_baseline_keeps_the_best_validation_epoch_and_stops_on_patience():
     batch = _wide_batch()
     fit = fit_baseline(Scripted, batch, batch, spec=tiny_spec(0.0, 20.0), seed=0, max_epochs=10, patience=2,

@@ -292,7 +292,7 @@ def fit_baseline(make: Callable[..., nn.Module], train: TaskBatch, val: TaskBatc
     the training users are shuffled every epoch by a generator seeded with ``seed``. After every
     epoch the model predicts the validation users' query ratings (never test users) and the epoch
     with the lowest pooled MAE is kept (its state restored at the end); ``patience`` stops after
-    that many epochs without a lower MAE. ``val=None`` keeps the last epoch. A training loss that is
+    that many epochs without a lower MAE (an equal MAE with a lower unclipped RMSE counts as lower). ``val=None`` keeps the last epoch. A training loss that is
     not finite or above ``max_loss``, or non-finite validation predictions, end the run as
     diverged (:class:`BaselineFit`). ``name`` labels the result (default: the class name).
     """
@@ -311,7 +311,7 @@ def fit_baseline(make: Callable[..., nn.Module], train: TaskBatch, val: TaskBatc
     held_out = val.to(dev) if val is not None and len(val) else None
 
     rows: list[tuple[int, str, str, float]] = []
-    best_epoch, best_mae, best_val = 0, math.inf, {}
+    best_epoch, best_mae, best_val, best_unclipped = 0, math.inf, {}, math.inf
     best_state = _snapshot(model)
     stopped_early, diverged, epoch = False, None, 0
     start = time.perf_counter()
@@ -338,9 +338,12 @@ def fit_baseline(make: Callable[..., nn.Module], train: TaskBatch, val: TaskBatc
                 metrics = pooled_errors(pred, held_out, spec)
                 epoch_rows += [(epoch, "val", m, v) for m, v in metrics.items()]
                 epoch_rows.append((epoch, "val", "seconds", time.perf_counter() - t1))
-                improved = metrics["MAE"] < best_mae
+                # a tie in MAE (every prediction clipped to one bound while the model learns) is broken by
+                # the unclipped RMSE, as in mamo_lite.train.fit
+                unclipped = pooled_errors(pred, held_out, None)["RMSE"]
+                improved = metrics["MAE"] < best_mae or (metrics["MAE"] == best_mae and unclipped < best_unclipped)
                 if improved:
-                    best_mae, best_val = metrics["MAE"], metrics
+                    best_mae, best_val, best_unclipped = metrics["MAE"], metrics, unclipped
             rows += epoch_rows  # a diverged epoch leaves no row
             if improved:
                 best_epoch, best_state = epoch, _snapshot(model)
