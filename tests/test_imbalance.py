@@ -262,3 +262,48 @@ def test_docstrings_are_valid_restructuredtext():
                                      if callable(getattr(im, n))}}
     for name, doc in docs.items():
         assert rst_problems(doc) == [], name
+
+
+# -- committed results: the code still computes them ---------------------------------------------------------
+
+def _committed_groups_cell(protocol: str, dataset: str, label: str, seed: int) -> dict:
+    from nbval_replay import missing_datasets
+
+    from mamo_lite.reproduce import ROOT, slug
+
+    path = ROOT / "results" / "groups" / protocol / dataset / slug(label) / f"seed{seed}.json"
+    if not path.is_file():
+        pytest.skip(f"{path.relative_to(ROOT)} is not committed")
+    if missing_datasets([dataset]):
+        pytest.skip(f"needs {dataset} (set MAMO_LITE_DATA)")
+    return json.loads(path.read_text())
+
+
+def _group_values(cell: dict) -> dict:
+    return {(r["grouping"], r["group"], r["metric"]): r["value"] for r in cell["groups"]}
+
+
+def test_a_committed_constant_groups_cell_is_recomputed_exactly(tmp_path):
+    stored = _committed_groups_cell("greatmeta", "movielens-100k", "user support mean", 0)
+    im.groups_study(["user support mean"], ["movielens-100k"], ["greatmeta"], [0], "book", out=tmp_path,
+                    show_progress=False)
+    again = json.loads((tmp_path / "greatmeta" / "movielens-100k" / "user-support-mean" / "seed0.json").read_text())
+    assert again["key"] == stored["key"]
+    assert _group_values(again) == pytest.approx(_group_values(stored), rel=1e-9)
+
+
+@pytest.mark.slow
+def test_a_committed_greatmeta_groups_cell_is_recomputed_within_the_replay_tolerance(tmp_path):
+    """GreatMeta under its own protocol on MovieLens-100K, seed 0 (about a minute): same key, same numbers
+    within the book's ``trained`` tolerance (the selected epoch may differ where two epochs nearly tie)."""
+    from nbval_replay import TOLERANCES
+
+    stored = _committed_groups_cell("greatmeta", "movielens-100k", "GreatMeta", 0)
+    im.groups_study(["GreatMeta"], ["movielens-100k"], ["greatmeta"], [0], "book", out=tmp_path, show_progress=False)
+    again = json.loads((tmp_path / "greatmeta" / "movielens-100k" / "greatmeta" / "seed0.json").read_text())
+    assert again["key"] == stored["key"]
+    tol = TOLERANCES["trained"]
+    old, new = _group_values(stored), _group_values(again)
+    assert old.keys() == new.keys()
+    bad = {k: (old[k], new[k]) for k in old if not tol.allows(old[k], new[k])}
+    assert not bad, f"recomputed cell moved beyond {tol.describe()}: {bad}"
