@@ -402,7 +402,7 @@ def from_table1(folder: str | Path = Path("results") / "table1", *, methods: Ite
     A Table-1 cell and a ``groups`` cell under MAMO's protocol train the same row on the same split with
     the same budget and seed (:func:`mamo_lite.reproduce.cell_predictions` both), and a Table-1 cell keeps
     every test user's MAE and NDCG@3 (``per_user``). Labelling those users (:func:`label_test_users`,
-    model-free, from the dataset ``loader(dataset, seed=)`` loads, default :func:`mamo_lite.data.load`)
+    model-free, from the dataset ``loader(dataset, seed=)`` loads, default :func:`mamo_lite.data.dataset.load`)
     gives the per-group rows without a second training run. ``methods`` (default: those of :data:`METHODS`
     whose Table-1 row is the study's row) and ``datasets`` (default: all in ``folder``) select cells.
 
