@@ -78,9 +78,9 @@ from mamo_lite.reproduce import (
 )
 from mamo_lite.utils import atomic_write_text, json_safe, progress, resolve_device, versions
 
-__all__ = ["DATASETS", "DEFAULT_METHODS", "GREATMETA_AS_CODED", "GROUPINGS", "METHODS", "PER_USER_COLUMNS",
-           "PROTOCOLS", "STUDY_BUDGETS", "from_table1", "group_intervals", "group_table", "groups_cell", "groups_study", "label_test_users",
-           "load_groups", "method_label", "protocol_for"]
+__all__ = ["DATASETS", "DEFAULT_METHODS", "GREATMETA_AS_CODED", "GROUPINGS", "GROUP_COLUMNS", "METHODS",
+           "PER_USER_COLUMNS", "PROTOCOLS", "STUDY_BUDGETS", "from_table1", "group_intervals", "group_table",
+           "groups_cell", "groups_study", "label_test_users", "load_groups", "method_label", "protocol_for"]
 
 DEFAULT_OUT = Path("results") / "groups"
 DATASETS: tuple[str, ...] = ("movielens-1m", "book-crossing", "movielens-100k")
@@ -127,6 +127,10 @@ PER_USER_COLUMNS: tuple[str, ...] = (
     "histogram_distance", *(f"group_{g}" for g in GROUPINGS))
 """Columns of a cell's ``per_user`` table: :func:`mamo_lite.evaluate.per_user_metrics`, then
 :func:`label_test_users`."""
+
+_CELL_KEYS = ("protocol", "dataset", "method", "seed")
+GROUP_COLUMNS: tuple[str, ...] = (*_CELL_KEYS, "grouping", "group", "metric", "value", "users", "ratings")
+"""Columns of the tidy per-group frame of :func:`load_groups` and :func:`from_table1`."""
 
 STUDY_BUDGETS: dict[str, Budget] = {"smoke": BUDGETS["smoke"], "book": BUDGETS["book"]}
 """``smoke`` (a few dozen users, 2 epochs: tests and checks) and ``book`` (all users, patience 3)."""
@@ -215,6 +219,15 @@ def _group_scenarios(pred: torch.Tensor, test, labels: pd.DataFrame, label: str,
     return rows
 
 
+def _grouped_metrics(users: pd.DataFrame, label: str, dataset: str, seed: int,
+                     metrics: list[str]) -> list[pd.DataFrame]:
+    """:func:`mamo_lite.groups.group_metrics` of labelled per-user rows, one frame per grouping of :data:`GROUPINGS`."""
+    return [group_metrics(users.assign(method=label, dataset=dataset, seed=seed),
+                          users[["user", f"group_{name}"]].rename(columns={f"group_{name}": "group"}),
+                          metrics=metrics).assign(grouping=name)
+            for name in GROUPINGS]
+
+
 def groups_cell(label: str, dataset: str, protocol: str, seed: int, budget: Budget | str = "smoke", *, data,
                 device: str | torch.device = "cpu", chosen: dict[str, Any] | None = None,
                 quantile: float = 0.2) -> dict:
@@ -234,10 +247,7 @@ def groups_cell(label: str, dataset: str, protocol: str, seed: int, budget: Budg
     test = test.to("cpu")
     labels = label_test_users(data, test.user_ids.numpy(), quantile=quantile)
     users = per_user_metrics(pred, test, rating_range=data.spec).merge(labels, on="user", how="left")
-    tidy = [group_metrics(users.assign(method=label, dataset=dataset, seed=seed),
-                          users[["user", f"group_{name}"]].rename(columns={f"group_{name}": "group"}),
-                          metrics=["MAE", "RMSE", "NDCG@3"]).assign(grouping=name)
-            for name in GROUPINGS]
+    tidy = _grouped_metrics(users, label, dataset, seed, ["MAE", "RMSE", "NDCG@3"])
     rows = scenario_metrics(pred, test, method=label, dataset=dataset, seed=seed, rating_range=data.spec)
     return json_safe({"rows": rows.to_dict(orient="records"),
                       "groups": pd.concat(tidy, ignore_index=True).to_dict(orient="records"),
@@ -383,8 +393,8 @@ def load_groups(folder: str | Path = DEFAULT_OUT) -> dict[str, pd.DataFrame]:
         info = c.get("info", {})
         runs.append({**ident, **{k: info.get(k) for k in ("best_epoch", "epochs_run", "diverged", "seconds")},
                      "chosen": json.dumps(info.get("chosen") or {}, sort_keys=True)})
-    keys = ["protocol", "dataset", "method", "seed"]
-    group_cols = [*keys, "grouping", "group", "metric", "value", "users", "ratings"]
+    keys = list(_CELL_KEYS)
+    group_cols = list(GROUP_COLUMNS)
     scenario_cols = [*keys, "grouping", "group", *[c for c in COLUMNS if c not in ("method", "dataset", "seed")]]
     pu = pd.concat(per_user, ignore_index=True) if per_user else pd.DataFrame(columns=keys)
     return {"groups": pd.DataFrame(groups).reindex(columns=group_cols),
@@ -423,7 +433,7 @@ def from_table1(folder: str | Path = Path("results") / "table1", *, methods: Ite
     cells = cells[cells["method"].isin(labels)]
     if datasets is not None:
         cells = cells[cells["dataset"].isin(list(datasets))]
-    keys = ["protocol", "dataset", "method", "seed"]
+    keys = list(_CELL_KEYS)
     groups, per_user = [], []
     for (dataset, seed), part in cells.groupby(["dataset", "seed"], sort=True):
         data = loader(dataset, seed=int(seed))
@@ -432,16 +442,12 @@ def from_table1(folder: str | Path = Path("results") / "table1", *, methods: Ite
             merged = users.drop(columns=["method", "dataset", "seed"]).merge(labels_, on="user", how="left")
             ident = {"protocol": "mamo", "dataset": dataset, "method": method, "seed": int(seed)}
             per_user.append(merged.assign(**ident))
-            for name in GROUPINGS:
-                tidy = group_metrics(merged.assign(method=method, dataset=dataset, seed=int(seed)),
-                                     merged[["user", f"group_{name}"]].rename(columns={f"group_{name}": "group"}),
-                                     metrics=["MAE", "NDCG@3"])
-                groups.append(tidy.assign(protocol="mamo", grouping=name))
-    group_cols = [*keys, "grouping", "group", "metric", "value", "users", "ratings"]
+            groups += [t.assign(protocol="mamo")
+                       for t in _grouped_metrics(merged, method, dataset, int(seed), ["MAE", "NDCG@3"])]
     if not groups:
-        return {"groups": pd.DataFrame(columns=group_cols), "per_user": pd.DataFrame(columns=keys)}
+        return {"groups": pd.DataFrame(columns=list(GROUP_COLUMNS)), "per_user": pd.DataFrame(columns=keys)}
     pu = pd.concat(per_user, ignore_index=True)
-    return {"groups": pd.concat(groups, ignore_index=True).reindex(columns=group_cols),
+    return {"groups": pd.concat(groups, ignore_index=True).reindex(columns=list(GROUP_COLUMNS)),
             "per_user": pu[[*keys, *[c for c in pu.columns if c not in keys]]]}
 
 
