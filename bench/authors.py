@@ -262,17 +262,22 @@ def worker_ours(spec: str, train_ids: list[int], test_ids: list[int], threads: i
 # -- the interleaved rounds ----------------------------------------------------------------------------
 
 
-def run_worker(side: str, args, users_file: Path, threads: int) -> dict:
+def run_result(side: str, cmd: list[str], threads: int, timeout: float) -> dict:
+    """Run one worker subprocess with the benchmark's thread settings (set before torch loads) and return
+    the JSON of its last ``RESULT`` line; a failed worker raises with the tail of its stderr."""
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, str(Path(__file__).resolve()), str(args.checkout), "--worker", side,
-           "--users-file", str(users_file), "--threads", str(threads)]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout,
-                         check=False)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     lines = [line for line in res.stdout.splitlines() if line.startswith("RESULT ")]
     if res.returncode or not lines:
         raise RuntimeError(f"worker {side} failed (status {res.returncode}):\n{res.stderr[-3000:]}")
     return json.loads(lines[-1][len("RESULT "):])
+
+
+def run_worker(side: str, args, users_file: Path, threads: int) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), str(args.checkout), "--worker", side,
+           "--users-file", str(users_file), "--threads", str(threads)]
+    return run_result(side, cmd, threads, args.timeout)
 
 
 def summary(values: list[float]) -> dict:

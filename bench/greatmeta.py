@@ -73,7 +73,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from authors import summary  # bench/authors.py: median, min, max (it imports nothing heavy)
+from authors import run_result, summary  # bench/authors.py (it imports nothing heavy)
 
 AUTHORS_REPO = "https://github.com/YantongDU/GreatMeta"
 AUTHORS_COMMIT = "2cdae3904a74747066a278e9a68f05e7fd4c0c53"
@@ -343,15 +343,9 @@ def worker_ours(name: str, threads: int, batches: int, *, tiny: bool = False) ->
 
 
 def run_worker(side: str, args, threads: int) -> dict:
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(threads),
-           "MKL_NUM_THREADS": str(threads)}
     cmd = [sys.executable, str(Path(__file__).resolve()), str(args.checkout), "--site", str(args.site),
            "--worker", side, "--threads", str(threads), "--batches", str(args.batches)]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout, check=False)
-    lines = [line for line in res.stdout.splitlines() if line.startswith("RESULT ")]
-    if res.returncode or not lines:
-        raise RuntimeError(f"worker {side} failed (status {res.returncode}):\n{res.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_result(side, cmd, threads, args.timeout)
 
 
 def epoch_seconds(row: dict) -> float:
