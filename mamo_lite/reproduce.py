@@ -25,6 +25,7 @@ predictions, averaged over users), so a model that collapsed to one rating per u
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -324,7 +325,10 @@ def tune(label: str, dataset: str, budget: Budget | str, data, *, device: str | 
 
 # -- the table ------------------------------------------------------------------------------------------
 
+@functools.cache
 def _commit() -> dict[str, Any]:
+    """``{"commit", "dirty"}`` of the checkout, read once per process (the CLI reads it at its start), so that
+    a cell records the code that ran, not the tree or the ``HEAD`` of the moment it was written."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True, timeout=10).stdout.strip()

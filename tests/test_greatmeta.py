@@ -367,6 +367,33 @@ def test_test_time_adapts_the_training_tensors(float64):
     assert not torch.allclose(predict(coded, b)[0], want)
 
 
+@pytest.mark.parametrize("options", [{}, {"conditioning": "query"}, {"eval_adapts": "all"},
+                                     {"first_order": False, "lookahead_steps": 1}])
+def test_rows_embedded_once_are_the_same_function(float64, monkeypatch, options):
+    """``with_rows`` (the support rows embedded once for every inner step) changes nothing: per-user
+    gradients, the look-ahead and the predictions equal those that embed the features in every pass."""
+    learner, b = _learner(**options), _batch(4)
+    opt = make_optimizer(learner)
+    losses, g, raw = learner.factors(b, "vmap")
+    x = normalise_factors(raw)
+    ahead = learner.lookahead_loss(b, x, g, opt, "vmap")
+    pred = predict(learner, b)
+    task = tree_index(b.inputs(), 0)
+    params = {n: p.detach() for n, p in learner.params().items()}
+    adapted_tables = learner.with_rows(params, task, learner.global_names())
+    assert adapted_tables is task  # an adapted embedding table: nothing is cached
+    assert {"support_rows", "query_rows"} <= set(learner.with_rows(params, task, learner.local_names()))
+    monkeypatch.setattr(GreatMetaLearner, "with_rows", lambda self, params, task, adapted, steps=None: task)
+    losses0, g0, raw0 = learner.factors(b, "vmap")
+    assert torch.allclose(losses, losses0, atol=1e-12)
+    for n in g:
+        assert torch.allclose(g[n], g0[n], atol=1e-12)
+    for k in raw:
+        assert torch.allclose(raw[k], raw0[k], atol=1e-10)
+    assert torch.allclose(ahead, learner.lookahead_loss(b, x, g0, opt, "vmap"), atol=1e-12)
+    assert torch.allclose(pred, predict(learner, b), atol=1e-12)
+
+
 def _data(n_train: int = 48, n_val: int = 16) -> dict:
     return {"train": tiny_batch(SPEC, n_users=n_train, n_support=5, n_query=3, seed=1, masks="ragged"),
             "val": tiny_batch(SPEC, n_users=n_val, n_support=5, n_query=3, seed=2)}

@@ -174,3 +174,24 @@ def test_a_committed_trained_cell_is_recomputed_within_the_replay_tolerance():
     assert old.keys() == new.keys()
     bad = {k: (old[k], new[k]) for k in old if not tol.allows(old[k], new[k])}
     assert not bad, f"recomputed cell moved beyond {tol.describe()}: {bad}"
+
+
+def test_provenance_commit_is_read_once_per_process(monkeypatch):
+    """A long run records the code it started with: a commit or an edit made while it runs (the checkout
+    changing under it) does not relabel its later cells."""
+    import subprocess
+
+    from mamo_lite import reproduce
+
+    reproduce._commit.cache_clear()
+    first = reproduce._commit()
+
+    def changed(cmd, **kw):  # the checkout as it would read after a new commit and an edit
+        out = "f" * 40 if "rev-parse" in cmd else " M mamo_lite/reproduce.py"
+        return subprocess.CompletedProcess(cmd, 0, stdout=out, stderr="")
+
+    monkeypatch.setattr(reproduce.subprocess, "run", changed)
+    assert reproduce._commit() == first
+    reproduce._commit.cache_clear()
+    assert reproduce._commit() == {"commit": "f" * 40, "dirty": True}  # what a fresh process would record
+    reproduce._commit.cache_clear()

@@ -179,9 +179,10 @@ class FiLMRecommender(EmbeddingRecommender):
         """The encoder is part of the adapter (``decision``); everything else as the base recommender."""
         return "decision" if name.split(".", 1)[0] == "encoder" else EmbeddingRecommender.group_of(name)
 
-    def rows(self, user_x: Tensor, item_x: dict[str, Tensor]) -> Tensor:
-        """``x = [p_u, p_i]`` for every item, ``[..., N, D]``."""
-        p_u, p_i = self.user_profile_vector(user_x), self.item_profile_vector(item_x)
+    def rows(self, user_x: Tensor, item_x: dict[str, Tensor], params: dict[str, Tensor] | None = None) -> Tensor:
+        """``x = [p_u, p_i]`` for every item, ``[..., N, D]`` (``params``: a functional parameter dict
+        that overrides the module's own tables)."""
+        p_u, p_i = self.user_profile_vector(user_x, params), self.item_profile_vector(item_x, params)
         return torch.cat([p_u.unsqueeze(-2).expand(*p_i.shape[:-1], p_u.shape[-1]), p_i], -1)
 
     def task_embedding(self, rows: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -193,12 +194,21 @@ class FiLMRecommender(EmbeddingRecommender):
             mean = (rows * m).sum(-2) / m.sum(-2).clamp(min=1.0)
         return self.encoder["phi"](mean)
 
-    def forward(self, user_x: Tensor, item_x: dict[str, Tensor], context_x: dict[str, Tensor] | None = None,
-                context_mask: Tensor | None = None) -> Tensor:
+    def forward(self, user_x: Tensor, item_x: dict[str, Tensor] | Tensor,
+                context_x: dict[str, Tensor] | Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
         """Scores ``[..., N]`` of the items ``item_x``, conditioned on the rows of ``context_x`` (default:
-        the items themselves, as coded) whose real slots ``context_mask`` marks."""
-        x = self.rows(user_x, item_x)
-        t = self.task_embedding(x if context_x is None else self.rows(user_x, context_x), context_mask)
+        the items themselves, as coded) whose real slots ``context_mask`` marks.
+
+        ``item_x`` and ``context_x`` are raw item features or their rows from :meth:`rows` (a tensor
+        ``[..., N, D]``), so that a learner can embed a support set once and reuse the rows in every
+        inner step (:meth:`GreatMetaLearner.with_rows`).
+        """
+        x = item_x if isinstance(item_x, Tensor) else self.rows(user_x, item_x)
+        if context_x is None:
+            c = x
+        else:
+            c = context_x if isinstance(context_x, Tensor) else self.rows(user_x, context_x)
+        t = self.task_embedding(c, context_mask)
         enc = self.encoder
         h = enc["gamma_1"](t).unsqueeze(-2) * self.decision[0](x) + enc["beta_1"](t).unsqueeze(-2)
         h = F.relu(h) if self.activation == "relu" else h
@@ -377,10 +387,29 @@ class GreatMetaLearner(MetaLearner):
 
     # -- the recommender on a task, conditioned as configured -------------------------------------
     def film_output(self, params: Params, fast: Params, task: dict, which: str) -> Tensor:
-        """Raw outputs on ``task``'s ``which`` set, the FiLM conditioned on ``config.conditioning``'s rows."""
+        """Raw outputs on ``task``'s ``which`` set, the FiLM conditioned on ``config.conditioning``'s rows.
+
+        Uses the rows ``task[f"{which}_rows"]`` where :meth:`with_rows` put them, else embeds the features.
+        """
         ctx = "support" if self.config.conditioning == "support" else which
-        return functional_call(self.model, {**params, **fast},
-                               (task["user_x"], task[f"{which}_x"], task[f"{ctx}_x"], task[f"{ctx}_mask"]))
+        items, context = (task.get(f"{s}_rows", task[f"{s}_x"]) for s in (which, ctx))
+        return functional_call(self.model, {**params, **fast}, (task["user_x"], items, context, task[f"{ctx}_mask"]))
+
+    def with_rows(self, params: Params, task: dict, adapted: Sequence[str], steps: int | None = None) -> dict:
+        """``task`` plus the rows ``x = [p_u, p_i]`` under ``params``' embedding tables of the sets that
+        ``steps`` inner steps on ``adapted`` and a query pass read (``steps=0``: the query pass only).
+
+        The inner steps change only the adapted tensors; unless an embedding table is among them, the
+        support rows are the same in every step, so embedding them once is the same function (gradients
+        into the tables included, where ``params`` carries them) at a fraction of the cost [decision,
+        speed]. With an adapted table the task is returned as it is.
+        """
+        if any(n.split(".", 1)[0] in ("user_profile", "item_profile") for n in adapted):
+            return task
+        sets = ["query"]
+        if self.config.conditioning == "support" or steps != 0:
+            sets.append("support")
+        return {**task, **{f"{s}_rows": self.model.rows(task["user_x"], task[f"{s}_x"], params) for s in sets}}
 
     def task_loss(self, params: Params, fast: Params, task: dict, which: str) -> Tensor:
         out = self.film_output(params, fast, task, which)
@@ -390,6 +419,7 @@ class GreatMetaLearner(MetaLearner):
     def user_predictions(self, params: Params, memories: dict, task: dict, steps: int | None) -> Tensor:
         """Algorithm 2: adapt ψ (``eval_adapts="all"``: every tensor, as coded) on the support set, predict."""
         names = self._local if self.config.eval_adapts == "same" else self.global_names()
+        task = self.with_rows(params, task, names, steps)
         fast = adapt(self, params, {n: params[n] for n in names}, task, steps=steps, first_order=True)
         out = self.film_output(params, fast, task, "query")
         return prediction_from_output(out, head=self.model.config.head, rating_min=self.model.spec.rating_min)
@@ -399,13 +429,16 @@ class GreatMetaLearner(MetaLearner):
         """One user: ``(L^q(ψ'), g = ∇_θ L^q(ψ'(θ)), ∇_{ψ'} L^q(ψ'), ∇_ψ L^q(ψ))``, each its own tensors."""
         local = self._local
 
-        def query_loss(theta: Params, delta: Params) -> Tensor:  # δ = 0 gives ∇ at ψ' w.r.t. ψ' itself
-            fast = adapt(self, theta, {n: theta[n] for n in local}, task)
-            return self.task_loss(theta, {n: fast[n] + delta[n] for n in local}, task, "query")
+        def query_loss(theta: Params, delta: Params) -> tuple[Tensor, dict]:  # δ = 0: ∇ at ψ' w.r.t. ψ'
+            t = self.with_rows(theta, task, local)
+            fast = adapt(self, theta, {n: theta[n] for n in local}, t)
+            rows = {k: v.detach() for k, v in t.items() if k.endswith("_rows")}
+            return self.task_loss(theta, {n: fast[n] + delta[n] for n in local}, t, "query"), rows
 
         zeros = {n: torch.zeros_like(params[n]) for n in local}
-        (g, g_post), loss = grad_and_value(query_loss, argnums=(0, 1))(params, zeros)
-        g_pre = grad(lambda f: self.task_loss(params, f, task, "query"))({n: params[n] for n in local})
+        (g, g_post), (loss, rows) = grad_and_value(query_loss, argnums=(0, 1), has_aux=True)(params, zeros)
+        pre = {**task, **rows}  # the rows under ``params`` itself
+        g_pre = grad(lambda f: self.task_loss(params, f, pre, "query"))({n: params[n] for n in local})
         return loss, g, g_post, g_pre
 
     def batch_gradients(self, batch: TaskBatch, path: Path = "vmap") -> tuple[Tensor, Params, Params, Params]:
@@ -446,6 +479,7 @@ class GreatMetaLearner(MetaLearner):
 
             def one(task: dict, theta: Params = theta) -> Tensor:
                 fast = {}
+                task = self.with_rows(theta, task, self._local, cfg.lookahead_steps)
                 if cfg.lookahead_steps:
                     fast = adapt(self, theta, {n: theta[n] for n in self._local}, task, steps=cfg.lookahead_steps,
                                  first_order=True)

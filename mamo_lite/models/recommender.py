@@ -176,20 +176,24 @@ class EmbeddingRecommender(nn.Module):
             parts.append(F.embedding(user_x[..., j], w))
         return torch.cat(parts, -1)
 
-    def item_profile_vector(self, item_x: dict[str, Tensor]) -> Tensor:
-        """``p_i``: categorical embeddings and pooled multi-hot projections, ``[..., N, d_i]``."""
+    def item_profile_vector(self, item_x: dict[str, Tensor], params: dict[str, Tensor] | None = None) -> Tensor:
+        """``p_i``: categorical embeddings and pooled multi-hot projections, ``[..., N, d_i]``.
+
+        ``params`` overrides the module's own tables, as in :meth:`user_profile_vector`.
+        """
         parts = []
         cat = item_x.get("cat")
         j = 0
         for f in self.spec.item_fields:
             emb = self.item_profile[f.name]
+            w = emb.weight if params is None else params[f"item_profile.{f.name}.weight"]
             if f.kind == "categorical":
-                parts.append(emb(cat[..., j]))
+                parts.append(F.embedding(cat[..., j], w))
                 j += 1
             else:
                 idx = item_x[f.name]
-                mask = (idx > 0).unsqueeze(-1).to(emb.weight.dtype)
-                pooled = (emb(idx) * mask).sum(-2)
+                mask = (idx > 0).unsqueeze(-1).to(w.dtype)
+                pooled = (F.embedding(idx, w) * mask).sum(-2)
                 if self.config.multi_pooling == "mean":
                     pooled = pooled / mask.sum(-2).clamp(min=1.0)
                 parts.append(pooled)
