@@ -394,6 +394,27 @@ def test_rows_embedded_once_are_the_same_function(float64, monkeypatch, options)
     assert torch.allclose(pred, predict(learner, b), atol=1e-12)
 
 
+def test_support_columns_no_user_fills_are_cut_and_change_nothing(float64):
+    """``batch_inputs`` works on the batch's own support width: the same factors, update and predictions
+    as on a batch padded with empty columns (as a batch of short users is, padded to the dataset's
+    longest support set)."""
+    learner, b = _learner(), _batch(4, masks=([4, 2, 3, 1], [3, 3, 2, 3]))
+    pad = 3
+    wide = b.replace(support_x={k: torch.cat([v, v[:, :pad]], 1) for k, v in b.support_x.items()},
+                     support_y=torch.cat([b.support_y, b.support_y[:, :pad]], 1),
+                     support_mask=torch.cat([b.support_mask, torch.zeros_like(b.support_mask[:, :pad])], 1),
+                     support_item_ids=torch.cat([b.support_item_ids, b.support_item_ids[:, :pad]], 1))
+    assert wide.trim_support().support_mask.shape == b.support_mask.shape
+    assert torch.equal(wide.trim_support().support_y, b.support_y)
+    assert b.trim_support() is b
+    narrow = _batch(4, masks=([2, 1, 2, 1], [3, 3, 2, 3]))
+    assert narrow.trim_support().support_mask.shape[1] == 2
+    for x, y in zip(learner.factors(wide), learner.factors(b), strict=True):
+        for u, v in zip(*(t.values() if isinstance(t, dict) else [t] for t in (x, y)), strict=True):
+            assert torch.allclose(u, v, atol=1e-12)
+    assert torch.allclose(predict(learner, wide), predict(learner, b), atol=1e-12)
+
+
 def _data(n_train: int = 48, n_val: int = 16) -> dict:
     return {"train": tiny_batch(SPEC, n_users=n_train, n_support=5, n_query=3, seed=1, masks="ragged"),
             "val": tiny_batch(SPEC, n_users=n_val, n_support=5, n_query=3, seed=2)}

@@ -131,6 +131,18 @@ class TaskBatch:
             idx = idx.to(self.user_ids.device)
         return self._apply(lambda t: t[idx])
 
+    def trim_support(self) -> TaskBatch:
+        """The batch with its support slots cut after the last real one of any user (a batch padded to the
+        dataset's longest support set carries columns that no user of the batch fills); masked
+        computations give the same numbers on fewer columns."""
+        real = self.support_mask.any(0).nonzero()
+        width = int(real[-1]) + 1 if len(real) else 0
+        if width == self.support_mask.shape[1]:
+            return self
+        cut = lambda t: t[:, :width]
+        return replace(self, support_x=_map(self.support_x, cut), support_y=cut(self.support_y),
+                       support_mask=cut(self.support_mask), support_item_ids=cut(self.support_item_ids))
+
     def inputs(self) -> dict:
         """The model-facing pytree (batched over dim 0): what ``vmap`` maps over."""
         return {

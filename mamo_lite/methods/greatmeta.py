@@ -385,6 +385,10 @@ class GreatMetaLearner(MetaLearner):
         # set to [] to keep every meta-update's ``last_batch`` (column ``batch`` numbers them); not saved
         self.batch_log: list[pd.DataFrame] | None = None
 
+    def batch_inputs(self, batch: TaskBatch) -> dict:
+        """``batch.inputs()`` on the batch's own support width (:meth:`~mamo_lite.data.tasks.TaskBatch.trim_support`)."""
+        return batch.trim_support().inputs()
+
     # -- the recommender on a task, conditioned as configured -------------------------------------
     def film_output(self, params: Params, fast: Params, task: dict, which: str) -> Tensor:
         """Raw outputs on ``task``'s ``which`` set, the FiLM conditioned on ``config.conditioning``'s rows.
