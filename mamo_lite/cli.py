@@ -74,7 +74,7 @@ fig2: MAMO's parameter sensitivity on MovieLens-1M (train ratio, support size, l
 
 groups: chapter 6's minority vs majority users. Each method (--methods: MAML MeLU MAMO GreatMeta and
   the trivial baselines by default; also greatmeta-query-film, greatmeta-as-coded, greatmeta-uniform,
-  greatmeta-held-out-look-ahead) on each dataset (default: movielens-1m
+  greatmeta-held-out-look-ahead, greatmeta-no-encoder) on each dataset (default: movielens-1m
   book-crossing movielens-100k) under each protocol (--protocols: mamo, greatmeta) and seed, trained
   as a Table-1 cell; its test users labelled minority/majority from their support ratings (taste and
   histogram distances against the training users, mamo_lite.groups) and MAE/NDCG@3 reported per
@@ -376,7 +376,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--methods", nargs="+", metavar="METHOD",
                    help="fig4 methods: DNN NMF MAMO (default: all); groups methods: maml melu mamo greatmeta "
                         "global-median item-mean user-support-mean (default) greatmeta-query-film "
-                        "greatmeta-as-coded greatmeta-uniform greatmeta-held-out-look-ahead")
+                        "greatmeta-as-coded greatmeta-uniform greatmeta-held-out-look-ahead greatmeta-no-encoder")
     r.add_argument("--protocols", nargs="+", choices=("mamo", "greatmeta"), metavar="PROTOCOL",
                    help="groups protocols: mamo (four scenarios) and/or greatmeta (user cold-start only; "
                         "default: both)")

@@ -27,12 +27,13 @@ MovieLens window would keep only Book-Crossing's heaviest raters]. Ratings stay 
 scale (the authors' code reports ML-100K on [0, 1]; multiply its MAE by 4 to compare).
 
 **Methods** (:data:`METHODS`): the Table-1 rows MAML (ρ chosen on validation users, once per dataset and
-protocol, stored in ``grid.json`` beside the cells), MeLU, MAMO and GreatMeta; four GreatMeta variants are
+protocol, stored in ``grid.json`` beside the cells), MeLU, MAMO and GreatMeta; five GreatMeta variants are
 offered: ``GreatMeta (query FiLM)`` (the FiLM encoder conditioned on the rows being predicted, as coded,
 against ours on the support rows), ``GreatMeta (as coded)`` (every departure of the authors' code that
 ``mamo_lite`` offers as an option, Errata 1–4 and 6 of :mod:`mamo_lite.methods.greatmeta`),
 ``GreatMeta (uniform)`` (no scheduler, the ablation that isolates it) and ``GreatMeta (held-out
-look-ahead)`` (the scheduler trained on other users' queries). The trivial baselines (global median, item
+look-ahead)`` (the scheduler trained on other users' queries) and ``GreatMeta (no encoder)`` (the same
+predictor without the FiLM encoder, the ablation of the abstract's "personalized encoder"). The trivial baselines (global median, item
 mean, user support mean) run with them, so that a group which is hard for every model shows as such.
 
 **Files**: ``<out>/<protocol>/<dataset>/<method>/seed<k>.json``, one per cell, written atomically. Each
@@ -112,6 +113,8 @@ METHODS: dict[str, Row] = {
                                note="no scheduler: every user of a batch weighs 1/B (the ablation of the scheduler)"),
     "GreatMeta (held-out look-ahead)": Row("meta", "greatmeta", {"lookahead_users": "held-out"},
                                            note="the scheduler's look-ahead scored on the other half of the batch"),
+    "GreatMeta (no encoder)": Row("meta", "greatmeta", {"encoder": "none"},
+                                  note="the same predictor without the personalised FiLM encoder (its ablation)"),
 }
 """The study's methods by label: the issue's four, the GreatMeta variants (optional) and the trivial
 baselines (added below)."""

@@ -95,6 +95,29 @@ def test_film_forward_by_hand(float64):
                           model(task["user_x"], task["query_x"], task["support_x"])[:2])
 
 
+def test_encoder_none_is_the_unmodulated_predictor(float64):
+    """``encoder="none"`` (the encoder's ablation): no FiLM tensors, ``ŷ = w3·(W2 (W1 x + b1) + b2) + b3``,
+    and everything else (factors per adapted tensor, the scheduler's inputs) follows the smaller ψ."""
+    learner, b = _learner(encoder="none"), _batch(3, masks="full")
+    model = learner.model
+    assert model.encoder is None and not any(n.startswith("encoder.") for n, _ in model.named_parameters())
+    assert learner.local_names() == ["decision.0.weight", "decision.0.bias", "decision.2.weight",
+                                     "decision.2.bias", "out.weight", "out.bias"]
+    task = tree_index(b.inputs(), 0)
+    p = dict(model.named_parameters())
+    x = model.rows(task["user_x"], task["query_x"])
+    h2 = (x @ p["decision.0.weight"].T + p["decision.0.bias"]) @ p["decision.2.weight"].T + p["decision.2.bias"]
+    want = h2 @ p["out.weight"][0] + p["out.bias"]
+    assert torch.allclose(model(task["user_x"], task["query_x"], task["support_x"]), want, atol=1e-12)
+    raw = learner.factors(b)[2]
+    assert raw["f2"].shape == (3, 6) and learner.scheduler.mlp[0].in_features == 1 + 6 + len(learner.global_names())
+    meta_step(learner, b, make_optimizer(learner))  # trains
+    with pytest.raises(ValueError, match="encoder"):
+        FiLMRecommender(SPEC, model.config, encoder="mlp")
+    with pytest.raises(ValueError, match="encoder"):
+        GreatMetaConfig(encoder="mlp")
+
+
 # -- the factors ---------------------------------------------------------------------------------
 
 def test_factors_and_their_normalisation_by_hand(float64):

@@ -65,6 +65,8 @@ authors' behaviour.
 * ``eval_adapts``: ``"same"`` (default), the tensors adapted in training (ψ); ``"all"`` (as coded,
   Errata 4), ψ and the embeddings.
 * ``film_activation``: ``"none"`` (default, as coded: a polynomial); ``"relu"`` after h1 and h2.
+* ``encoder``: ``"film"`` (default, as coded); ``"none"``, the same predictor without the personalised
+  encoder (``h1 = W1 x + b1``, ``h2 = W2 h1 + b2``): the ablation of the abstract's encoder.
 * ``weighting``: ``"scheduler"`` (default); ``"uniform"`` (FOMAML with the encoder).
 
 Other settings as coded (§3.8): 32-dimensional field embeddings, FiLM widths (64, 64), ρ = 5e-6,
@@ -157,7 +159,8 @@ class FiLMRecommender(EmbeddingRecommender):
     ``local_groups=("decision",)`` adapts the code's whole adapter ψ (12 tensors).
     """
 
-    def __init__(self, spec: FeatureSpec, config: RecommenderConfig, activation: str = "none") -> None:
+    def __init__(self, spec: FeatureSpec, config: RecommenderConfig, activation: str = "none",
+                 encoder: str = "film") -> None:
         if config.tower_layers != 0 or config.preference != "none":
             raise ValueError("GreatMeta's recommender needs tower_layers=0 and preference='none' (rows are the raw "
                              f"field embeddings), got tower_layers={config.tower_layers}, "
@@ -165,13 +168,16 @@ class FiLMRecommender(EmbeddingRecommender):
         if config.decision_hidden is None or len(config.decision_hidden) != 2:
             raise ValueError(f"GreatMeta's FiLM predictor has two hidden layers; decision_hidden must be a pair of "
                              f"widths, got {config.decision_hidden!r}")
+        if encoder not in ("film", "none"):
+            raise ValueError(f"encoder must be 'film' or 'none', got {encoder!r}")
         super().__init__(spec, config)
         d = self.user_dim + self.item_dim
         h1, h2 = config.decision_hidden
         self.encoder = nn.ModuleDict({
             "phi": nn.Linear(d, d),
             "gamma_1": nn.Linear(d, h1, bias=False), "beta_1": nn.Linear(d, h1, bias=False),
-            "gamma_2": nn.Linear(d, h2, bias=False), "beta_2": nn.Linear(d, h2, bias=False)})
+            "gamma_2": nn.Linear(d, h2, bias=False), "beta_2": nn.Linear(d, h2, bias=False)}) if encoder == "film" \
+            else None
         self.activation = activation
 
     @staticmethod
@@ -204,6 +210,11 @@ class FiLMRecommender(EmbeddingRecommender):
         inner step (:meth:`GreatMetaLearner.with_rows`).
         """
         x = item_x if isinstance(item_x, Tensor) else self.rows(user_x, item_x)
+        if self.encoder is None:  # encoder="none": the same predictor, unmodulated (h1 = W1 x + b1, ...)
+            h = self.decision[0](x)
+            h = self.decision[2](F.relu(h) if self.activation == "relu" else h)
+            out = self.out(F.relu(h) if self.activation == "relu" else h)
+            return out.squeeze(-1) if self.config.head == "regression" else out
         if context_x is None:
             c = x
         else:
@@ -244,6 +255,7 @@ class GreatMetaConfig(MetaConfig):
     clip_value: float | None = 10.0
     conditioning: Literal["support", "query"] = "support"
     film_activation: Literal["none", "relu"] = "none"
+    encoder: Literal["film", "none"] = "film"
     weighting: Literal["scheduler", "uniform"] = "scheduler"
     lookahead: Literal["optimizer", "sgd"] = "optimizer"
     lookahead_users: Literal["same", "held-out"] = "same"
@@ -621,4 +633,4 @@ def build(model: EmbeddingRecommender, configs: dict[str, Any]) -> GreatMetaLear
     """The learner on a :class:`FiLMRecommender` built from ``model``'s spec and configuration (``model``
     itself, a plain recommender made by the registry, is not used)."""
     meta = configs["meta"]
-    return GreatMetaLearner(FiLMRecommender(model.spec, model.config, meta.film_activation), meta)
+    return GreatMetaLearner(FiLMRecommender(model.spec, model.config, meta.film_activation, meta.encoder), meta)
