@@ -787,9 +787,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from mamo_lite.reproduce import ROWS, _commit, table1
-
-    _commit()  # the code this process runs: every cell's provenance records it, however long the run
+    from mamo_lite.reproduce import ROWS, table1
     from mamo_lite.utils import resolve_device
 
     misplaced = {"--rows": args.rows and args.what != "table1", "--panels": args.panels and args.what != "fig2",

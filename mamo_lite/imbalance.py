@@ -319,6 +319,7 @@ def groups_study(methods: Iterable[str] = DEFAULT_METHODS, datasets: Iterable[st
     from mamo_lite.data.dataset import DATASETS as KNOWN
 
     loader = loader or load
+    _commit()  # the checkout as this run found it (cached for every cell)
     budget = _budget(budget)
     labels = [method_label(m) for m in methods]
     datasets, protocols, seeds = list(datasets), list(protocols), list(seeds)

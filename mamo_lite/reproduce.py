@@ -327,8 +327,10 @@ def tune(label: str, dataset: str, budget: Budget | str, data, *, device: str | 
 
 @functools.cache
 def _commit() -> dict[str, Any]:
-    """``{"commit", "dirty"}`` of the checkout, read once per process (the CLI reads it at its start), so that
-    a cell records the code that ran, not the tree or the ``HEAD`` of the moment it was written."""
+    """``{"commit", "dirty"}`` of the checkout, read once per process (every entry point, :func:`table1`,
+    :func:`~mamo_lite.imbalance.groups_study` and the figures of :mod:`mamo_lite.studies`, reads it before it
+    computes or writes anything), so that a cell records the code that ran, not the tree or the ``HEAD`` of
+    the moment it was written."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True, timeout=10).stdout.strip()
@@ -421,7 +423,7 @@ def table1(datasets: Iterable[str] = ("movielens-1m", "book-crossing"), rows: It
     from mamo_lite.data import load
 
     loader = loader or load
-    _commit()  # the checkout as this run found it, before it writes anything (cached for every cell)
+    _commit()  # the checkout as this run found it (cached for every cell)
     budget = BUDGETS[budget] if isinstance(budget, str) else budget
     labels = list(rows) if rows is not None else list(ROWS)
     unknown = [label for label in labels if label not in ROWS]

@@ -210,21 +210,19 @@ class FiLMRecommender(EmbeddingRecommender):
         inner step (:meth:`GreatMetaLearner.with_rows`).
         """
         x = item_x if isinstance(item_x, Tensor) else self.rows(user_x, item_x)
-        if self.encoder is None:  # encoder="none": the same predictor, unmodulated (h1 = W1 x + b1, ...)
-            h = self.decision[0](x)
-            h = self.decision[2](F.relu(h) if self.activation == "relu" else h)
-            out = self.out(F.relu(h) if self.activation == "relu" else h)
-            return out.squeeze(-1) if self.config.head == "regression" else out
-        if context_x is None:
-            c = x
-        else:
-            c = context_x if isinstance(context_x, Tensor) else self.rows(user_x, context_x)
-        t = self.task_embedding(c, context_mask)
         enc = self.encoder
-        h = enc["gamma_1"](t).unsqueeze(-2) * self.decision[0](x) + enc["beta_1"](t).unsqueeze(-2)
-        h = F.relu(h) if self.activation == "relu" else h
-        h = enc["gamma_2"](t).unsqueeze(-2) * self.decision[2](h) + enc["beta_2"](t).unsqueeze(-2)
-        h = F.relu(h) if self.activation == "relu" else h
+        if enc is not None:  # encoder="none": the same predictor, unmodulated (h1 = W1 x + b1, ...)
+            if context_x is None:
+                c = x
+            else:
+                c = context_x if isinstance(context_x, Tensor) else self.rows(user_x, context_x)
+            t = self.task_embedding(c, context_mask)
+        h = x
+        for k, layer in ((1, self.decision[0]), (2, self.decision[2])):
+            h = layer(h)
+            if enc is not None:
+                h = enc[f"gamma_{k}"](t).unsqueeze(-2) * h + enc[f"beta_{k}"](t).unsqueeze(-2)
+            h = F.relu(h) if self.activation == "relu" else h
         out = self.out(h)
         return out.squeeze(-1) if self.config.head == "regression" else out
 
@@ -420,7 +418,7 @@ class GreatMetaLearner(MetaLearner):
         into the tables included, where ``params`` carries them) at a fraction of the cost [decision,
         speed]. With an adapted table the task is returned as it is.
         """
-        if any(n.split(".", 1)[0] in ("user_profile", "item_profile") for n in adapted):
+        if any(self.model.group_of(n) == "profile" for n in adapted):
             return task
         sets = ["query"]
         if self.config.conditioning == "support" or steps != 0:
