@@ -459,3 +459,86 @@ def test_build_learner_errors():
     with pytest.raises(ValueError, match="path"):
         map_users(lambda t: t, {}, "scan", 0)
     assert "maml" in METHODS and "melu" in METHODS and "metacs-dnn" in METHODS
+
+
+# -- factored fast weights (mamo_lite.meta.factored) ----------------------------------------------
+
+FACTORED_CASES = {
+    **GATHER_CASES,
+    "mamo-book": ("mamo", {}),  # MAMO's defaults: personalised θ_u and M_{u,I}, every layer but the tables local
+    "mamo-authors-gathered": ("mamo", {**TINY_MAMO_AUTHORS, "gather": True}),
+    "mamo-authors-fused": ("mamo", {**TINY_MAMO_AUTHORS, "fused": True}),
+    "maml-per-item-gathered": ("maml", {"local_update": "per-item", "gather": True}),
+}
+
+
+def _factored_learner(case: str, first_order: bool) -> MetaLearner:
+    method, extra = FACTORED_CASES[case]
+    extra = dict(extra)
+    gather, fused = extra.pop("gather", False), extra.pop("fused", False)
+    common = {"inner_steps": 3, "local_lr": 0.1, "first_order": first_order}
+    torch.manual_seed(0)
+    if method == "mamo":
+        learner = build_learner("mamo", SPEC, overrides={"embed_dim": 4, **common, **extra})
+        learner.fused_memory_write = fused
+    else:
+        learner = tiny_learner(method, **common, **extra)
+    learner.gather_rows = gather
+    return learner
+
+
+@pytest.mark.parametrize("path", ["vmap", "loop"])
+@pytest.mark.parametrize("first_order", [True, False], ids=["first", "second"])
+@pytest.mark.parametrize("case", list(FACTORED_CASES))
+def test_factored_updates_equal_the_plain_path(float64, case, first_order, path):
+    """``factored_updates``: the same query losses, meta-gradients (Eq. 12), aux, predictions and meta-step."""
+    learner = _factored_learner(case, first_order)
+    batch = tiny_batch(SPEC, n_users=4, masks="ragged", seed=31)
+    assert learner.factored_updates is False  # opt-in
+    plain = meta_gradient(learner, batch, path=path, with_aux=True)
+    plain_pred = [predict(learner, batch, path=path, steps=s) for s in (None, 0, 2)]
+    twin = copy.deepcopy(learner)
+    learner.factored_updates = True
+    fact = meta_gradient(learner, batch, path=path, with_aux=True)
+    fact_pred = [predict(learner, batch, path=path, steps=s) for s in (None, 0, 2)]
+    assert set(fact[0]) == set(plain[0]) and set(fact[2]) == set(plain[2])
+    for a, b in zip(fact, plain):  # grads, per-user query losses, aux (memory writes)
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(fact_pred, plain_pred):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert any(v.abs().sum() > 0 for v in plain[0].values())  # not a comparison of zeros
+    if learner.model.config.head == "regression":  # adaptation moves the predictions: the factors are applied
+        assert not torch.allclose(plain_pred[0], plain_pred[1])
+    # a whole meta-step: the same memories and global parameters afterwards
+    meta_step(learner, batch, make_optimizer(learner), path=path)
+    meta_step(twin, batch, make_optimizer(twin), path=path)
+    for (n, p), (_, q) in zip(learner.named_parameters(), twin.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12, msg=n)
+    for k, v in learner.memory_state().items():
+        torch.testing.assert_close(v, twin.memory_state()[k], rtol=1e-10, atol=1e-12, msg=k)
+
+
+def test_factored_adapted_weight_is_the_dense_one_by_hand(float64):
+    """Two SGD steps on one layer, by hand: ``θ̂ = θ_0 − ρ Σ_j Δ_jᵀ X_j`` equals the dense update of Eq. 11."""
+    from mamo_lite.meta import factored
+
+    learner = tiny_learner("maml", inner_steps=2, local_lr=0.3)
+    params = {n: p.detach() for n, p in learner.params().items()}
+    task = tiny_batch(SPEC, n_users=1, seed=32).task(0)
+    dense_fast = adapt(learner, params, dict(params), task)
+    kept, factors = factored.adapt(learner.model, params, dict(params), [task], steps=2, lr=0.3, first_order=True)
+    assert set(factors) == set(factored.linear_layers(learner.model))
+    for layer, (x_all, d_all) in factors.items():
+        rows = 1 if layer.startswith("user_tower") else task["support_y"].shape[0]
+        assert x_all.shape[0] == d_all.shape[0] == 2 * rows  # one (X, Δ) per step, rows stacked
+        torch.testing.assert_close(kept[f"{layer}.weight"], params[f"{layer}.weight"])  # θ_0 untouched
+    full = factored.materialise(kept, factors, 0.3, list(dense_fast))
+    for n in dense_fast:
+        torch.testing.assert_close(full[n], dense_fast[n], rtol=1e-10, atol=1e-12, msg=n)
+
+
+def test_factored_updates_refuse_another_recommender():
+    from mamo_lite.meta import factored
+
+    with pytest.raises(TypeError, match="factored_updates needs an EmbeddingRecommender"):
+        factored.check_model(torch.nn.Linear(2, 2))

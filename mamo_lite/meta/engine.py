@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from mamo_lite.data.tasks import TaskBatch, tree_index
+from mamo_lite.meta import factored
 from mamo_lite.models.recommender import (
     GROUPS,
     EmbeddingRecommender,
@@ -159,9 +160,18 @@ class MetaLearner(nn.Module):
     nothing where no table is local (MeLU, the book's MAMO), and nothing for a method that replaces the
     per-user algorithm (s²Meta, GreatMeta). The book's chapters run with it off: their committed outputs
     come from the plain path, which stays the reference.
+
+    ``factored_updates`` (an engine option like ``gather_rows``, default ``False``) keeps each local linear
+    layer as its initial weight plus the factors of its local steps, ``θ̂ = θ_0 − ρ Σ_j Δ_jᵀ X_j``
+    (:mod:`mamo_lite.meta.factored`), instead of a per-user dense copy updated at every step; a learner
+    whose :meth:`user_aux` reads adapted weights names them in :meth:`aux_reads`, and only those are
+    materialised. Results equal the plain path's to float rounding (tests), first and second order,
+    ``"batch"`` and ``"per-item"`` local updates, with or without ``gather_rows``. It pays most with
+    several local steps on large layers (MAMO's authors' configuration: 9 steps, every layer local).
     """
 
     gather_rows: bool = False
+    factored_updates: bool = False
 
     def __init__(self, model: EmbeddingRecommender, config: MetaConfig) -> None:
         super().__init__()
@@ -207,6 +217,11 @@ class MetaLearner(nn.Module):
         applies the taps: a learner that overrides :meth:`user_objective` must return ``{}`` here.
         """
         return {}
+
+    def aux_reads(self) -> list[str] | None:
+        """The adapted fast tensors :meth:`user_aux` reads (``None``: all of them). With ``factored_updates`` only
+        these are materialised as dense ``θ̂``; default none (MAML's ``user_aux`` reads nothing)."""
+        return []
 
     @torch.no_grad()
     def write_memories(self, aux: dict[str, Tensor]) -> None:
@@ -278,10 +293,7 @@ def adapt(learner: MetaLearner, params: Params, fast: Params, task: dict, *,
     steps = cfg.inner_steps if steps is None else steps
     lr = cfg.local_lr if lr is None else lr
     first_order = cfg.first_order if first_order is None else first_order
-    if cfg.local_update == "per-item":
-        parts = [_support_item(task, j) for j in range(task["support_y"].shape[0])]
-    else:
-        parts = [task]
+    parts = _support_parts(learner, task)
     for _ in range(steps):
         for part in parts:
             g = grad(lambda f, part=part: learner.task_loss(params, f, part, "support"))(fast)
@@ -368,20 +380,50 @@ def gather_rows(model: nn.Module, fast: Params, task: dict) -> tuple[Params, dic
     return fast, task
 
 
+def _support_parts(learner: MetaLearner, task: dict) -> list[dict]:
+    """What one local step sees: the whole support set, or (``"per-item"``) each support rating alone."""
+    if learner.config.local_update == "per-item":
+        return [_support_item(task, j) for j in range(task["support_y"].shape[0])]
+    return [task]
+
+
+def _adapt_factored(learner: MetaLearner, params: Params, fast: Params, task: dict, *, steps: int | None = None,
+                    first_order: bool | None = None) -> tuple[Params, factored.Factors]:
+    """:func:`adapt` with factored linear layers (``learner.factored_updates``, :mod:`mamo_lite.meta.factored`)."""
+    cfg = learner.config
+    factored.check_model(learner.model)
+    return factored.adapt(learner.model, params, fast, _support_parts(learner, task),
+                          steps=cfg.inner_steps if steps is None else steps, lr=cfg.local_lr,
+                          first_order=cfg.first_order if first_order is None else first_order)
+
+
 def user_query_loss(learner: MetaLearner, params: Params, memories: dict, task: dict,
                     with_aux: bool = False) -> tuple[Tensor, dict]:
     """Algorithm 1 for one user: personalised init, local updates, query loss (+ aux).
 
     With ``learner.gather_rows`` the local embedding tables are cut to the user's rows (:func:`gather_rows`)
-    after the initialisation. If ``task`` carries zero taps under :data:`AUX_TAPS` (``{parameter: zeros}``,
-    put there by :func:`meta_gradient` for :meth:`MetaLearner.aux_taps`), they are added to the adapted
-    weights before the query loss.
+    after the initialisation; with ``learner.factored_updates`` the local linear layers are adapted in factored
+    form (:mod:`mamo_lite.meta.factored`). If ``task`` carries zero taps under :data:`AUX_TAPS`
+    (``{parameter: zeros}``, put there by :func:`meta_gradient` for :meth:`MetaLearner.aux_taps`), they are
+    added to the adapted weights before the query loss.
     """
     fast, context = learner.init_fast(params, memories, task)
     if learner.gather_rows:
         fast, task = gather_rows(learner.model, fast, task)
-    fast = adapt(learner, params, fast, task)
     taps = task.get(AUX_TAPS)
+    if learner.factored_updates:
+        dense, factors = _adapt_factored(learner, params, fast, task)
+        if taps:  # a zero added to θ_0 is a zero added to θ̂ = θ_0 − ρ Δᵀ X
+            dense = {**dense, **{n: dense[n] + z for n, z in taps.items()}}
+        lr = learner.config.local_lr
+        loss = factored.loss(learner.model, {**params, **dense}, factors, lr, task, "query")
+        if not with_aux:
+            return loss, {}
+        reads = learner.aux_reads()
+        names = list(dense) if reads is None else reads
+        fast = {**dense, **factored.materialise(dense, factors, lr, names)}
+        return loss, learner.user_aux(params, fast, context, task)
+    fast = adapt(learner, params, fast, task)
     if taps:  # zero taps whose gradients are ∂L_Q/∂θ̂ (MetaLearner.aux_taps): values unchanged
         fast = {**fast, **{n: fast[n] + z for n, z in taps.items()}}
     loss = learner.task_loss(params, fast, task, "query")
@@ -391,12 +433,17 @@ def user_query_loss(learner: MetaLearner, params: Params, memories: dict, task: 
 
 def user_predictions(learner: MetaLearner, params: Params, memories: dict, task: dict,
                      steps: int | None = None) -> Tensor:
-    """Algorithm 2 for one user: personalised init, local updates, query predictions (``gather_rows``: as above)."""
+    """Algorithm 2 for one user: personalised init, local updates, query predictions (options as above)."""
     fast, _ = learner.init_fast(params, memories, task)
     if learner.gather_rows:
         fast, task = gather_rows(learner.model, fast, task)
-    fast = adapt(learner, params, fast, task, steps=steps, first_order=True)
-    out = learner.output(params, fast, task["user_x"], task["query_x"])
+    if learner.factored_updates:
+        dense, factors = _adapt_factored(learner, params, fast, task, steps=steps, first_order=True)
+        out = factored.forward(learner.model, {**params, **dense}, factors, learner.config.local_lr,
+                               task["user_x"], task["query_x"])
+    else:
+        fast = adapt(learner, params, fast, task, steps=steps, first_order=True)
+        out = learner.output(params, fast, task["user_x"], task["query_x"])
     return prediction_from_output(out, head=learner.model.config.head, rating_min=learner.model.spec.rating_min)
 
 

@@ -164,6 +164,14 @@ class MAMOLearner(MetaLearner):
             return {}
         return {f"gradient:{n}": n for n in self._user_params}
 
+    def aux_reads(self) -> list[str] | None:
+        """The adapted tensors :meth:`user_aux` reads: ``M_{u,I}`` (Eq. 8), and every fast tensor when Eq. 6's
+        gradient is the separate pass (it re-runs the recommender at ``θ̂``)."""
+        mc = self.mamo_config
+        if mc.use_bias and not self.aux_taps():
+            return None
+        return ["preference.weight"] if mc.use_preference else []
+
     # -- memories ----------------------------------------------------------------------------
     def gradient_memory_dict(self) -> dict[str, Tensor]:
         """``M_U`` as ``{parameter name: [K, *shape]}``."""

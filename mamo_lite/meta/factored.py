@@ -1,0 +1,160 @@
+"""Factored fast weights: Eq. 11's local updates of the fully connected layers without per-user dense copies.
+
+A local step changes a linear layer's weight by ``−ρ ∇_W L_S = −ρ Δᵀ X``, where ``X`` (``[n, in]``) holds the
+layer's inputs on the ``n`` support rows and ``Δ`` (``[n, out]``) the loss gradient w.r.t. its outputs. After
+``k`` steps (or ``k`` per-item steps) the adapted weight is therefore
+
+    ``θ̂ = θ_0 − ρ Σ_j Δ_jᵀ X_j``,  so  ``z θ̂ᵀ = z θ_0ᵀ − ρ (z X_allᵀ) Δ_all``
+
+for any input ``z``, with ``X_all``, ``Δ_all`` the steps' factors stacked (rank ≤ ``k·n``: 135 for MAMO's
+authors' 9 steps on 15 support ratings). :func:`adapt` keeps each local layer as its initial weight ``θ_0``
+plus these factors, never forming a per-user ``[out, in]`` gradient or copy; the shared part ``z θ_0ᵀ`` of a
+layer whose initialisation is ``φ`` itself (every layer of MAML; MAMO's item tower and decision layers) is,
+under ``vmap``, one matrix product for the whole batch of users instead of one per user. ``Δ`` is read as
+the gradient w.r.t. a zero "tap" added to the layer's output, ``X`` is the layer's input: both come from the
+one forward/backward pass the plain path runs too. Biases and (gathered) embedding rows stay dense tensors
+updated as in :func:`mamo_lite.meta.engine.adapt`.
+
+The maths is Eq. 11's, unchanged: query losses, meta-gradients (Eq. 12, first and second order: with
+``first_order`` the factors are detached, exactly as the plain path detaches ``∇_θ L_S``), memory writes and
+predictions equal the plain path's to float rounding (tests). Only the order of the floating-point
+operations differs, so it is an engine option (``MetaLearner.factored_updates``, opt-in), not a
+hyper-parameter, and the book's chapters run the plain path, which stays the reference.
+
+It applies to the engine's default per-user algorithm on :class:`~mamo_lite.models.recommender.EmbeddingRecommender`
+(MAML, MeLU, MetaCS-DNN, MAMO); s²Meta and GreatMeta replace that algorithm and ignore the option.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import grad
+
+from mamo_lite.models.recommender import EmbeddingRecommender, rating_loss
+
+Params = dict[str, Tensor]
+Factors = dict[str, tuple[Tensor, Tensor]]
+"""``layer name → (X_all [r, in], Δ_all [r, out])``: the stacked inputs and output gradients of its local steps."""
+
+
+def linear_layers(model: EmbeddingRecommender) -> list[str]:
+    """The recommender's linear layers in forward order (``user_tower.0``, …, ``preference``, ``decision.0``, ``out``)."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    order = ("user_tower", "item_tower", "preference", "decision", "out")
+    return sorted(names, key=lambda n: order.index(n.split(".", 1)[0]))
+
+
+def factored_layers(model: EmbeddingRecommender, fast: Params) -> list[str]:
+    """The linear layers whose weight is local (in ``fast``): these get factors instead of dense updates."""
+    return [n for n in linear_layers(model) if f"{n}.weight" in fast]
+
+
+def check_model(model: nn.Module) -> None:
+    """Factored updates need the engine's recommender (the layer structure :func:`forward` mirrors)."""
+    if type(model) is not EmbeddingRecommender:
+        raise TypeError(f"factored_updates needs an EmbeddingRecommender, got {type(model).__name__}; "
+                        "turn MetaLearner.factored_updates off for this learner")
+
+
+def forward(model: EmbeddingRecommender, weights: Params, factors: Factors, lr: float, user_x: Tensor,
+            item_x: dict[str, Tensor], taps: Params | None = None,
+            inputs: dict[str, Tensor] | None = None) -> Tensor:
+    """``EmbeddingRecommender.forward`` (Eqs. 1–2) with each factored layer applied as ``z θ_0ᵀ + b − ρ (z Xᵀ) Δ``.
+
+    ``weights`` holds every tensor the pass reads (global ``φ`` and dense fast ones, ``θ_0`` of factored
+    layers); ``taps`` (``{layer: zeros like its output}``) are added to layer outputs, so their gradient is
+    ``Δ``; ``inputs``, if given, receives each tapped layer's input ``X``.
+    """
+
+    def linear(name: str, z: Tensor) -> Tensor:
+        h = F.linear(z, weights[f"{name}.weight"], weights.get(f"{name}.bias"))
+        if name in factors:
+            x_all, d_all = factors[name]
+            h = h - lr * ((z @ x_all.mT) @ d_all)
+        if taps is not None and name in taps:
+            h = h + taps[name]
+            if inputs is not None:
+                inputs[name] = z
+        return h
+
+    def sequence(prefix: str, modules: nn.Sequential, z: Tensor) -> Tensor:
+        for i, m in enumerate(modules):
+            z = linear(f"{prefix}.{i}", z) if isinstance(m, nn.Linear) else m(z)
+        return z
+
+    e_u = sequence("user_tower", model.user_tower, model.user_profile_vector(user_x, weights))
+    e_i = sequence("item_tower", model.item_tower, model.item_profile_vector(item_x, weights))
+    x = torch.cat([e_u.unsqueeze(-2).expand(*e_i.shape[:-1], e_u.shape[-1]), e_i], -1)
+    if model.preference is not None:
+        x = linear("preference", x)
+    out = linear("out", sequence("decision", model.decision, x))
+    return out.squeeze(-1) if model.config.head == "regression" else out
+
+
+def _output_shapes(model: EmbeddingRecommender, names: list[str], task: dict) -> dict[str, tuple[int, ...]]:
+    """The output shape of each layer on ``task``'s support set (user-tower layers see one row, ``p_u``)."""
+    rows_u = tuple(task["user_x"].shape[:-1])
+    rows_i = tuple(task["support_y"].shape)
+    modules = dict(model.named_modules())
+    return {n: (rows_u if n.startswith("user_tower") else rows_i) + (modules[n].out_features,) for n in names}
+
+
+def loss(model: EmbeddingRecommender, weights: Params, factors: Factors, lr: float, task: dict, which: str,
+         taps: Params | None = None, inputs: dict[str, Tensor] | None = None) -> Tensor:
+    """Masked loss of one user on its ``support`` or ``query`` set (as ``MetaLearner.task_loss``)."""
+    out = forward(model, weights, factors, lr, task["user_x"], task[f"{which}_x"], taps, inputs)
+    return rating_loss(out, task[f"{which}_y"], task[f"{which}_mask"], head=model.config.head,
+                       rating_min=model.spec.rating_min)
+
+
+def adapt(model: EmbeddingRecommender, params: Params, fast: Params, parts: list[dict], *, steps: int, lr: float,
+          first_order: bool) -> tuple[Params, Factors]:
+    """Eq. 11 with factored linear layers: ``steps`` passes over ``parts`` (the support set, or its single ratings).
+
+    Returns ``(dense, factors)``: ``dense`` is ``fast`` with the factored layers' weights left at ``θ_0`` and every
+    other local tensor (biases, embedding rows) updated as ``θ ← θ − ρ g``; ``factors`` the stacked ``(X, Δ)``.
+    """
+    names = factored_layers(model, fast)
+    weight_keys = {f"{n}.weight" for n in names}
+    dense = dict(fast)
+    factors: Factors = {}
+    for _ in range(steps):
+        for part in parts:
+            shapes = _output_shapes(model, names, part)
+            zeros = {n: fast[f"{n}.weight"].new_zeros(shapes[n]) for n in names}
+            movable = {k: v for k, v in dense.items() if k not in weight_keys}
+
+            def support_loss(mov: Params, taps: Params, part: dict = part) -> tuple[Tensor, dict]:
+                seen: dict[str, Tensor] = {}
+                value = loss(model, {**params, **dense, **mov}, factors, lr, part, "support", taps, seen)
+                return value, seen
+
+            (g, d), xs = grad(support_loss, argnums=(0, 1), has_aux=True)(movable, zeros)
+            if first_order:
+                g = {k: v.detach() for k, v in g.items()}
+                d = {k: v.detach() for k, v in d.items()}
+                xs = {k: v.detach() for k, v in xs.items()}
+            dense.update({k: movable[k] - lr * g[k] for k in movable})
+            for n in names:
+                x = xs[n].reshape(-1, xs[n].shape[-1])
+                delta = d[n].reshape(-1, d[n].shape[-1])
+                if n in factors:
+                    x0, d0 = factors[n]
+                    x, delta = torch.cat([x0, x]), torch.cat([d0, delta])
+                factors[n] = (x, delta)
+    return dense, factors
+
+
+def materialise(dense: Params, factors: Factors, lr: float, names: list[str]) -> Params:
+    """Dense adapted weights ``θ̂ = θ_0 − ρ Δᵀ X`` for the parameter ``names`` (what a learner's ``user_aux`` reads)."""
+    out = {}
+    for n in names:
+        layer = n[:-len(".weight")] if n.endswith(".weight") else None
+        if layer is not None and layer in factors:
+            x_all, d_all = factors[layer]
+            out[n] = dense[n] - lr * (d_all.mT @ x_all)
+        else:
+            out[n] = dense[n]
+    return out
