@@ -18,6 +18,7 @@ Targets: one first-order epoch ≤ 10 s on 2 CPU cores; ``vmap`` ≥ 2× the per
     python bench/bench_engine.py --methods maml,mamo --devices cpu --out /tmp/engine-{device}.json
     python bench/bench_engine.py --methods mamo-authors --gather off,on --devices cpu
     python bench/bench_engine.py --methods mamo --fused off,on --paths vmap --rounds 7
+    python bench/bench_engine.py --methods maml,mamo-authors --factored off,on --paths vmap --devices cpu
 
 Besides the methods, ``--methods`` takes the named presets of :data:`PRESETS`: ``mamo-authors`` is MAMO
 configured as its authors' code runs it (``mamo_lite.reproduce.MAMO_AS_CODED``: 9 local steps, every
@@ -26,7 +27,10 @@ parameter group local, classification head, τ 0.01, summed users) at their size
 with the authors' code. ``--gather on`` times the engine's gathered-row path
 (``MetaLearner.gather_rows``), which matters where embedding tables are local (MAML, MetaCS-DNN,
 ``mamo-authors``); ``--fused on`` times MAMO's memory write taken from the main pass
-(``MAMOLearner.fused_memory_write``) instead of its separate forward and backward pass (Eq. 6).
+(``MAMOLearner.fused_memory_write``) instead of its separate forward and backward pass (Eq. 6);
+``--factored on`` times the local linear layers kept as ``θ_0`` plus the factors of their local steps
+(``MetaLearner.factored_updates``), which pays most with several local steps on large layers
+(``mamo-authors``) and changes nothing for s²Meta and GreatMeta (they replace the per-user algorithm).
 
 The JSON records the CPU model, the thread settings (``OMP_WAIT_POLICY`` is set to ``PASSIVE`` by
 importing ``mamo_lite`` before torch loads), the load average and whether other work shared the machine.
@@ -46,8 +50,10 @@ import mamo_lite  # noqa: F401  # isort: skip  (first: sets OMP_WAIT_POLICY=PASS
 import torch
 
 from mamo_lite.data.tasks import FeatureSpec, Field, TaskBatch
-from mamo_lite.meta.engine import make_optimizer, meta_step
+from mamo_lite.meta.engine import MetaLearner, make_optimizer, meta_step
+from mamo_lite.meta.factored import linear_layers
 from mamo_lite.methods import METHODS, build_learner
+from mamo_lite.models.recommender import EmbeddingRecommender
 from mamo_lite.reproduce import MAMO_AS_CODED
 from mamo_lite.utils import atomic_write_text, versions
 
@@ -78,9 +84,9 @@ def resolve(name: str) -> tuple[str, dict]:
 
 
 def build(name: str, *, first_order: bool, gather: bool = False, users_per_batch: int | None = None,
-          fused: bool = False):
-    """A learner for configuration ``name`` on ML-1M's shapes (seeded), with ``gather_rows`` set and, for MAMO,
-    ``fused_memory_write``."""
+          fused: bool = False, factored: bool = False):
+    """A learner for configuration ``name`` on ML-1M's shapes (seeded), with ``gather_rows`` and
+    ``factored_updates`` set and, for MAMO, ``fused_memory_write``."""
     method, overrides = resolve(name)
     overrides["first_order"] = first_order
     if users_per_batch is not None:
@@ -88,6 +94,7 @@ def build(name: str, *, first_order: bool, gather: bool = False, users_per_batch
     torch.manual_seed(0)
     learner = build_learner(method, ML1M_SPEC, "movielens-1m", overrides=overrides)
     learner.gather_rows = gather
+    learner.factored_updates = factored
     if fused:
         learner.fused_memory_write = True
     return learner
@@ -104,18 +111,38 @@ def has_fusable_write(name: str) -> bool:
     return bool(build(name, first_order=True, fused=True).aux_taps())
 
 
-def setting_grid(names: list[str], orders: list[str], gathers: list[str], fuseds: list[str]):
-    """``(name, order, gather, fused)`` for each configuration, skipping ``on`` where it changes nothing."""
+def has_factored_path(learner) -> bool:
+    """Whether ``factored_updates`` can change anything for ``learner`` (or configuration name): the engine's
+    default per-user algorithm on an :class:`EmbeddingRecommender` with a local linear layer (not s²Meta,
+    which replaces the algorithm, nor GreatMeta, whose FiLM recommender and meta-update are its own)."""
+    if isinstance(learner, str):
+        learner = build(learner, first_order=True)
+    default = all(getattr(type(learner), f) is getattr(MetaLearner, f)
+                  for f in ("user_objective", "user_predictions", "meta_update"))
+    if not default or type(learner.model) is not EmbeddingRecommender:
+        return False
+    local = set(learner.local_names())
+    return any(f"{n}.weight" in local for n in linear_layers(learner.model))
+
+
+def setting_grid(names: list[str], orders: list[str], gathers: list[str], fuseds: list[str],
+                 factoreds: list[str] | tuple[str, ...] = ("off",)):
+    """``(name, order, gather, fused, factored)`` for each configuration, skipping ``on`` where it changes
+    nothing."""
     out = []
     for name in names:
-        local_tables = has_local_tables(build(name, first_order=True))
+        learner = build(name, first_order=True)
+        local_tables = has_local_tables(learner)
+        factorable = has_factored_path(learner)
         fusable = "on" in fuseds and has_fusable_write(name)
         for order in orders:
             for gather in gathers:
                 for fused in fuseds:
-                    if (gather == "on" and not local_tables) or (fused == "on" and not fusable):
-                        continue  # the same code runs
-                    out.append((name, order, gather == "on", fused == "on"))
+                    for factored in factoreds:
+                        if ((gather == "on" and not local_tables) or (fused == "on" and not fusable)
+                                or (factored == "on" and not factorable)):
+                            continue  # the same code runs
+                        out.append((name, order, gather == "on", fused == "on", factored == "on"))
     return out
 
 
@@ -180,11 +207,12 @@ class Timed:
     """One configuration on one device: its learner, optimiser and batches; :meth:`run` times meta-steps."""
 
     def __init__(self, method: str, path: str, order: str, device: torch.device | str, tasks: TaskBatch, *,
-                 gather: bool = False, fused: bool = False, users_per_batch: int | None = None) -> None:
+                 gather: bool = False, fused: bool = False, factored: bool = False,
+                 users_per_batch: int | None = None) -> None:
         self.method, self.path, self.order, self.device = method, path, order, torch.device(device)
-        self.gather, self.fused = gather, fused
+        self.gather, self.fused, self.factored = gather, fused, factored
         self.learner = build(method, first_order=order == "first", gather=gather, fused=fused,
-                             users_per_batch=users_per_batch).to(self.device)
+                             factored=factored, users_per_batch=users_per_batch).to(self.device)
         self.optimizer = make_optimizer(self.learner)
         self.size = self.learner.config.users_per_batch
         self.tasks = tasks
@@ -218,7 +246,8 @@ class Timed:
         med = statistics.median(self.round_medians)
         fast, slow = min(self.round_medians), max(self.round_medians)
         return {"method": self.method, "path": self.path, "order": self.order, "gather_rows": self.gather,
-                "fused_memory_write": self.fused, "device": str(self.device), "users_per_batch": self.size,
+                "fused_memory_write": self.fused, "factored_updates": self.factored,
+                "device": str(self.device), "users_per_batch": self.size,
                 "batches_timed": len(self.seconds), "rounds": len(self.round_medians),
                 "batch_seconds": self.seconds, "round_median_seconds": self.round_medians,
                 "users_per_s": self.size / med, "users_per_s_min": self.size / slow,
@@ -251,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated: off, on (MetaLearner.gather_rows; 'on' only where tables are local)")
     parser.add_argument("--fused", default="off",
                         help="comma-separated: off, on (MAMOLearner.fused_memory_write; 'on' only for MAMO)")
+    parser.add_argument("--factored", default="off",
+                        help="comma-separated: off, on (MetaLearner.factored_updates; 'on' only where the "
+                             "engine's default per-user algorithm runs: not s2meta, greatmeta)")
     parser.add_argument("--devices", default="auto", help="comma-separated: cpu, cuda; auto = cpu (+ cuda if present)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
     parser.add_argument("--batches", type=int, default=2,
@@ -271,8 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(CONFIG_NAMES)}")
     gathers = [g.strip() for g in args.gather.split(",") if g.strip()]
     fuseds = [f.strip() for f in args.fused.split(",") if f.strip()]
-    if set(gathers) - {"off", "on"} or set(fuseds) - {"off", "on"}:
-        parser.error(f"--gather and --fused take off, on; got {args.gather!r}, {args.fused!r}")
+    factoreds = [f.strip() for f in args.factored.split(",") if f.strip()]
+    if set(gathers) - {"off", "on"} or set(fuseds) - {"off", "on"} or set(factoreds) - {"off", "on"}:
+        parser.error(f"--gather, --fused and --factored take off, on; got {args.gather!r}, {args.fused!r}, "
+                     f"{args.factored!r}")
     if args.rounds < 1 or args.batches < 1 or args.warmup < 0:
         parser.error("--rounds and --batches ≥ 1, --warmup ≥ 0")
     if args.devices == "auto":
@@ -284,18 +318,17 @@ def main(argv: list[str] | None = None) -> int:
     tasks = synthetic_tasks(min(args.users, 1024))
     orders = [o.strip() for o in args.orders.split(",") if o.strip()]
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    grid = setting_grid(methods, orders, gathers, fuseds)
+    grid = setting_grid(methods, orders, gathers, fuseds, factoreds)
 
     for device in devices:
         facts = machine_facts(device)  # before the benchmark loads the machine
-        timed = [Timed(name, path, order, device, tasks, gather=gather, fused=fused)
-                 for name, order, gather, fused in grid for path in paths]
+        timed = [Timed(name, path, order, device, tasks, gather=gather, fused=fused, factored=factored)
+                 for name, order, gather, fused, factored in grid for path in paths]
         time_interleaved(timed, rounds=args.rounds, batches=args.batches, warmup=args.warmup)
         rows = [t.row(args.users) for t in timed]
+        same = ("method", "order", "device", "gather_rows", "fused_memory_write", "factored_updates")
         for row in rows:
-            loop = [r for r in rows if r["path"] == "loop" and
-                    (r["method"], r["order"], r["device"], r["gather_rows"], r["fused_memory_write"])
-                    == (row["method"], row["order"], row["device"], row["gather_rows"], row["fused_memory_write"])]
+            loop = [r for r in rows if r["path"] == "loop" and all(r[k] == row[k] for k in same)]
             row["vmap_speedup"] = row["users_per_s"] / loop[0]["users_per_s"] if row["path"] == "vmap" and loop \
                 else math.nan
         _print_table(rows, args.users)
@@ -323,16 +356,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_table(rows: list[dict], users: int) -> None:
-    header = (f"{'method':<13}{'path':<6}{'order':<8}{'gather':<8}{'fused':<7}{'device':<8}{'users/s':>10}"
-              f"{'(min-max)':>16}{f'epoch s ({users})':>17}{'vmap ×':>8}")
+    header = (f"{'method':<13}{'path':<6}{'order':<8}{'gather':<8}{'fused':<7}{'factored':<10}{'device':<8}"
+              f"{'users/s':>10}{'(min-max)':>16}{f'epoch s ({users})':>17}{'vmap ×':>8}")
     print(header)
     print("-" * len(header))
     for r in rows:
         speed = "" if math.isnan(r["vmap_speedup"]) else f"{r['vmap_speedup']:.2f}"
         spread = f"{r['users_per_s_min']:.0f}-{r['users_per_s_max']:.0f}"
         print(f"{r['method']:<13}{r['path']:<6}{r['order']:<8}{'on' if r['gather_rows'] else 'off':<8}"
-              f"{'on' if r['fused_memory_write'] else 'off':<7}{r['device']:<8}{r['users_per_s']:>10.1f}{spread:>16}"
-              f"{r['epoch_seconds']:>17.1f}{speed:>8}")
+              f"{'on' if r['fused_memory_write'] else 'off':<7}{'on' if r['factored_updates'] else 'off':<10}"
+              f"{r['device']:<8}{r['users_per_s']:>10.1f}{spread:>16}{r['epoch_seconds']:>17.1f}{speed:>8}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """The FLOP floor of one meta-step per user, and how far the engine's measured time is above it.
 
 For each configuration (a method's defaults or a named preset of ``bench_engine.PRESETS``, first or
-second order, with or without the gathered-row path), on MovieLens-1M's shapes (15 support and 5 query
-ratings per user, ``bench_engine.synthetic_tasks``):
+second order, with or without the gathered-row path, the fused memory write and the factored updates), on
+MovieLens-1M's shapes (15 support and 5 query ratings per user, ``bench_engine.synthetic_tasks``):
 
 1. **FLOP per user** of one meta-step (Algorithm 1 for one user, Eqs. 11–12), counted from the
    recommender's fully connected layers, each matmul ``[m×k]·[k×n]`` as ``2·m·n·k``:
@@ -25,7 +25,12 @@ ratings per user, ``bench_engine.synthetic_tasks``):
    ``MAMOLearner.fused_memory_write``, takes it from the main pass) is not counted either: the floor is
    what one meta-step needs, not what the engine does. ``engine_matmul_flop_per_user`` is what the engine
    actually executes, counted by ``torch.utils.flop_counter`` on the per-user loop; the difference is
-   the work the engine does beyond the floor.
+   the work the engine does beyond the floor. ``--factored on`` (``MetaLearner.factored_updates``: each
+   local linear layer kept as ``θ_0`` plus the factors of its local steps, which pays most with several
+   local steps on large layers) leaves the floor as it is and changes only what the engine executes: its
+   matmul count (``engine_matmul_flop_per_user``, counted on the factored run) and its measured time. The
+   floor counts each local layer's weight gradient ``Δᵀ X`` as a dense matmul, which the factored path never
+   forms, so its count can fall below the floor (MAML's does: the floor is that of the reference algorithm).
 2. **Floor ms per user**: each layer's FLOP divided by this CPU's sustained rate on that layer's matmul
    shape, measured as a batched product ``[B, m, k]·[B, k, n]`` over the ``B`` users of a meta-batch
    (the shape the ``vmap`` engine runs once weights are per user); backward matmuls are taken at the
@@ -44,6 +49,7 @@ one run on one machine).
     python bench/floor.py --configs mamo-authors --orders first --gather off,on --rounds 7
     python bench/floor.py --configs maml,mamo-authors:first    # NAME:ORDER restricts one configuration's orders
     python bench/floor.py --configs mamo --gather off --fused off,on      # MAMO's memory write fused or not
+    python bench/floor.py --configs maml,mamo-authors:first --gather off --factored off,on  # factored or not
 """
 
 from __future__ import annotations
@@ -211,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated: off, on (MetaLearner.gather_rows; 'on' only where tables are local)")
     parser.add_argument("--fused", default="off",
                         help="comma-separated: off, on (MAMOLearner.fused_memory_write; 'on' only for MAMO)")
+    parser.add_argument("--factored", default="off",
+                        help="comma-separated: off, on (MetaLearner.factored_updates; 'on' only where the "
+                             "engine's default per-user algorithm runs: not s2meta, greatmeta)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
     parser.add_argument("--batches", type=int, default=3, help="meta-steps per configuration and round (median)")
     parser.add_argument("--users-per-batch", type=int, help="users per meta-step (default: each configuration's)")
@@ -227,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     orders = [o.strip() for o in args.orders.split(",") if o.strip()]
     gathers = [g.strip() for g in args.gather.split(",") if g.strip()]
     fuseds = [f.strip() for f in args.fused.split(",") if f.strip()]
+    factoreds = [f.strip() for f in args.factored.split(",") if f.strip()]
     configs: list[tuple[str, list[str]]] = []  # (name, its orders)
     for item in (c.strip() for c in args.configs.split(",") if c.strip()):
         name, _, only = item.partition(":")
@@ -236,20 +246,26 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(e))
         configs.append((name, [only] if only else orders))
     if ({o for _, os_ in configs for o in os_} - {"first", "second"} or set(gathers) - {"off", "on"}
-            or set(fuseds) - {"off", "on"} or args.rounds < 1 or args.batches < 1):
-        parser.error("orders are first, second; --gather and --fused take off, on; --rounds and --batches ≥ 1")
+            or set(fuseds) - {"off", "on"} or set(factoreds) - {"off", "on"}
+            or args.rounds < 1 or args.batches < 1):
+        parser.error("orders are first, second; --gather, --fused and --factored take off, on; "
+                     "--rounds and --batches ≥ 1")
     facts = machine_facts("cpu")  # before this script loads the machine
     tasks = synthetic_tasks(256)
 
-    timed = [Timed(name, "vmap", order, "cpu", tasks, gather=gather, fused=fused, users_per_batch=args.users_per_batch)
+    timed = [Timed(name, "vmap", order, "cpu", tasks, gather=gather, fused=fused, factored=factored,
+                   users_per_batch=args.users_per_batch)
              for cname, name_orders in configs
-             for name, order, gather, fused in setting_grid([cname], name_orders, gathers, fuseds)]
+             for name, order, gather, fused, factored
+             in setting_grid([cname], name_orders, gathers, fuseds, factoreds)]
 
-    # FLOP counts and the floor (per distinct matmul shape, at this CPU's batched rate)
+    # FLOP counts and the floor (per distinct matmul shape, at this CPU's batched rate); the floor depends on
+    # the configuration only, the engine's count also on what it runs (fused write, factored updates; not
+    # gathered rows)
     rates: dict[tuple[int, int, int], float] = {}
     floors = {}
     for t in timed:
-        key = (t.method, t.order, t.fused)
+        key = (t.method, t.order, t.fused, t.factored)
         if key in floors:
             continue
         f = flop_per_user(t.learner)
@@ -270,12 +286,13 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for t in timed:
-        fl = floors[(t.method, t.order, t.fused)]
+        fl = floors[(t.method, t.order, t.fused, t.factored)]
         ms_per_user = [1e3 * m / t.size for m in t.round_medians]
         med = statistics.median(ms_per_user)
         method, overrides = resolve(t.method)
         rows.append({"config": t.method, "method": method, "overrides": overrides, "order": t.order,
-                     "gather_rows": t.gather, "fused_memory_write": t.fused, "users_per_batch": t.size, **fl,
+                     "gather_rows": t.gather, "fused_memory_write": t.fused, "factored_updates": t.factored,
+                     "users_per_batch": t.size, **fl,
                      "measured_ms_per_user": med, "measured_ms_per_user_min": min(ms_per_user),
                      "measured_ms_per_user_max": max(ms_per_user), "measured_ms_per_user_rounds": ms_per_user,
                      "measured_over_floor": med / fl["floor_ms_per_user"], "finite_loss": t.finite})
@@ -308,14 +325,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_table(rows: list[dict]) -> None:
-    header = (f"{'configuration':<14}{'order':<7}{'gather':<7}{'fused':<6}{'MFLOP/user':>11}{'engine MFLOP':>13}"
+    header = (f"{'configuration':<14}{'order':<7}{'gather':<7}{'fused':<6}{'factored':<9}{'MFLOP/user':>11}"
+              f"{'engine MFLOP':>13}"
               f"{'floor ms':>10}{'measured ms':>13}{'(min-max)':>16}{'meas/floor':>11}")
     print(header)
     print("-" * len(header))
     for r in rows:
         spread = f"{r['measured_ms_per_user_min']:.2f}-{r['measured_ms_per_user_max']:.2f}"
         print(f"{r['config']:<14}{r['order']:<7}{'on' if r['gather_rows'] else 'off':<7}"
-              f"{'on' if r['fused_memory_write'] else 'off':<6}"
+              f"{'on' if r['fused_memory_write'] else 'off':<6}{'on' if r['factored_updates'] else 'off':<9}"
               f"{r['flop_per_user'] / 1e6:>11.2f}{r['engine_matmul_flop_per_user'] / 1e6:>13.2f}"
               f"{r['floor_ms_per_user']:>10.3f}{r['measured_ms_per_user']:>13.2f}{spread:>16}"
               f"{r['measured_over_floor']:>11.1f}")

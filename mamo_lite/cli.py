@@ -102,6 +102,9 @@ what a checkpoint contains:
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_WRITE = 2, 3, 4
 
+FAST_PATHS_HELP = ("use the engine's faster equivalent paths: gathered embedding rows, factored local updates and "
+                   "(MAMO) the memory write fused into the main pass; the same numbers to float rounding, not "
+                   "bitwise (default: the reference path, which the book and `reproduce` use)")
 EXIT_HELP = """\
 exit status:
   0  success
@@ -316,6 +319,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")
     t.add_argument("--path", choices=("vmap", "loop"), default="vmap",
                    help="batched torch.func.vmap over users, or the plain per-user loop (same numbers)")
+    t.add_argument("--fast-paths", action="store_true", help=FAST_PATHS_HELP)
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a hyper-parameter, e.g. --set local_lr=0.05 --set inner_steps=3 "
                         "(repeatable; see `mamo-lite methods` for the keys)")
@@ -342,6 +346,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     e.add_argument("--path", choices=("vmap", "loop"), default="vmap", help="vmap or per-user loop")
     e.add_argument("--steps", type=_int, help="local updates per test user (default: the method's own)")
+    e.add_argument("--fast-paths", action="store_true", help=FAST_PATHS_HELP)
     e.add_argument("--out", metavar="FILE", help="JSON output, or a folder to write <name>-evaluation.json into "
                                                  "(default: CHECKPOINT's folder/<name>-evaluation.json)")
     data_options(e)
@@ -602,12 +607,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seed_everything(args.seed)
         learner = build_learner(args.method, data.spec, args.dataset, overrides=overrides)
         optimizer = make_optimizer(learner)
+    learner.use_fast_paths(args.fast_paths)
     _check_writable(out, "--out")
     if args.overwrite:
         for name in existing:
             (out / name).unlink()
 
     extra = {"preset": size.name, "epochs": epochs, "overrides": overrides, "path": args.path,
+             "fast_paths": args.fast_paths,
              "max_test_users": size.max_test_users, "eval_chunk": size.eval_chunk}
 
     def save(name: str, epoch: int) -> None:
@@ -656,7 +663,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     history = result.history
     report = {
         "command": "train", "method": args.method, "dataset": args.dataset, "seed": args.seed,
-        "device": str(device), "path": args.path, "preset": size.to_dict(), "epochs": epochs,
+        "device": str(device), "path": args.path, "fast_paths": args.fast_paths, "preset": size.to_dict(), "epochs": epochs,
         "resumed_from_epoch": done or None, "best_epoch": best["epoch"], "epochs_run": done + result.epochs_run,
         "stopped_early": result.stopped_early, "diverged": diverged, "best_val": best["val"],
         "users": {"train": result.n_train_users, "val": result.n_val_users, "test": len(test)},
@@ -709,6 +716,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         learner, info = load_checkpoint(args.checkpoint, device=device)
     except CheckpointError as e:
         raise CLIError(str(e)) from None
+    learner.use_fast_paths(args.fast_paths)
     ckpt = Path(args.checkpoint)
     out = Path(args.out) if args.out else ckpt.with_name(f"{ckpt.stem}-evaluation.json")
     if out.is_dir():  # --out DIR: the default file name inside it
@@ -741,7 +749,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     report = {
         "command": "evaluate", "checkpoint": str(ckpt), "method": info["method"], "dataset": info["dataset"],
         "seed": info["seed"], "epoch": info["epoch"], "device": str(device), "path": args.path, "steps": args.steps,
-        "users": {"test": len(test)}, "metrics": metrics.to_dict(orient="records"),
+        "fast_paths": args.fast_paths, "users": {"test": len(test)}, "metrics": metrics.to_dict(orient="records"),
         "provenance": data.provenance, "versions": versions(device),
         "wall_seconds": time.perf_counter() - start,
     }

@@ -50,6 +50,7 @@ def test_floor_quick_writes_the_table_and_json_in_seconds(tmp_path):
     rows = report["results"]
     assert [(r["config"], r["order"], r["gather_rows"]) for r in rows] == [("maml", "first", False),
                                                                           ("maml", "first", True)]
+    assert not any(r["fused_memory_write"] or r["factored_updates"] for r in rows)  # both opt-in, off by default
     for r in rows:
         assert r["finite_loss"] and r["flop_per_user"] > 0 and r["floor_ms_per_user"] > 0
         assert len(r["measured_ms_per_user_rounds"]) == 2
@@ -147,8 +148,39 @@ def test_fused_memory_write_is_timed_only_where_mamo_writes_m_u(bench_modules):
     assert bench_engine.has_fusable_write("mamo") and bench_engine.has_fusable_write("mamo-authors")
     assert not bench_engine.has_fusable_write("maml")
     grid = bench_engine.setting_grid(["maml", "mamo"], ["first"], ["off", "on"], ["off", "on"])
-    assert grid == [("maml", "first", False, False), ("maml", "first", True, False),
-                    ("mamo", "first", False, False), ("mamo", "first", False, True)]
+    assert grid == [("maml", "first", False, False, False), ("maml", "first", True, False, False),
+                    ("mamo", "first", False, False, False), ("mamo", "first", False, True, False)]
+
+
+def test_factored_updates_are_timed_only_where_the_default_per_user_algorithm_runs(bench_modules):
+    """``--factored on`` where the engine's Eq. 11 adapts a local linear layer of an ``EmbeddingRecommender``
+    (MAML, MAMO, the authors' MAMO); not for s²Meta and GreatMeta, which replace that algorithm."""
+    _, bench_engine = bench_modules
+    assert bench_engine.build("mamo", first_order=True, factored=True).factored_updates is True
+    assert bench_engine.build("mamo", first_order=True).factored_updates is False  # opt-in
+    assert bench_engine.has_factored_path("maml") and bench_engine.has_factored_path("mamo-authors")
+    assert not bench_engine.has_factored_path("s2meta") and not bench_engine.has_factored_path("greatmeta")
+    grid = bench_engine.setting_grid(["maml", "s2meta", "greatmeta", "mamo-authors"], ["first"], ["off"], ["off"],
+                                     ["off", "on"])
+    assert grid == [("maml", "first", False, False, False), ("maml", "first", False, False, True),
+                    ("s2meta", "first", False, False, False), ("greatmeta", "first", False, False, False),
+                    ("mamo-authors", "first", False, False, False), ("mamo-authors", "first", False, False, True)]
+    assert bench_engine.setting_grid(["maml"], ["first"], ["off"], ["off"]) == [("maml", "first", False, False, False)]
+
+
+def test_bench_engine_quick_times_factored_updates(tmp_path):
+    out = tmp_path / "engine-{device}.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_engine.py"), "--quick", "--methods", "melu",
+                          "--paths", "vmap", "--factored", "off,on", "--devices", "cpu", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr
+    assert "factored" in run.stdout.splitlines()[0]
+    rows = json.loads((tmp_path / "engine-cpu.json").read_text(encoding="utf-8"))["results"]
+    assert [(r["method"], r["factored_updates"]) for r in rows] == [("melu", False), ("melu", True)]
+    assert all(r["finite_loss"] for r in rows)
+    bad = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_engine.py"), "--factored", "maybe"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert bad.returncode == 2 and "--factored" in bad.stderr
 
 
 def test_fused_memory_write_runs_one_pass_fewer(bench_modules):
@@ -227,6 +259,21 @@ def test_every_entry_point_loads_torch_with_the_passive_wait_policy(stalls, tmp_
 
 
 # -- bench/authors.py: the authors' MAMO side by side (their code is never in the repository) ------------
+
+def test_authors_configuration_specs(monkeypatch):
+    import importlib
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    authors = importlib.import_module("authors")
+    assert authors.parse_config("mamo-authors+gather+fused+factored") == ("mamo-authors", True, True, True)
+    assert authors.parse_config("mamo+factored") == ("mamo", False, False, True)
+    assert authors.parse_config("mamo") == ("mamo", False, False, False)
+    with pytest.raises(ValueError, match="unknown flag"):
+        authors.parse_config("mamo-authors+gather+faster")
+    assert [authors.parse_config(c) for c in authors.DEFAULT_CONFIGS.split(",")] == [
+        ("mamo-authors", False, False, False), ("mamo-authors", True, True, False),
+        ("mamo-authors", True, True, True), ("mamo", False, False, False), ("mamo", False, False, True)]
+
 
 def test_authors_script_refuses_an_absent_or_unprepared_checkout(tmp_path):
     def run(checkout):

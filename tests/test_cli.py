@@ -151,6 +151,33 @@ def test_train_then_evaluate_end_to_end(tmp_path, capsys):
     assert code == 0 and json.loads((tmp_path / "zero.json").read_text())["steps"] == 0
 
 
+@pytest.mark.parametrize("method", ["mamo", "maml"])
+def test_fast_paths_train_and_evaluate_to_the_same_numbers(tmp_path, capsys, method):
+    """``--fast-paths`` (gathered rows, factored updates, MAMO's fused write): the reference run's metrics to float
+    rounding, and the option is recorded; ``evaluate --fast-paths`` scores the reference checkpoint alike."""
+    reports = {}
+    for fast in (False, True):
+        out_dir = tmp_path / f"run-{fast}"
+        code, _, err = run(["train", "--method", method, "--dataset", "synthetic", "--preset", "smoke", "--device",
+                            "cpu", "--epochs", "2", "--out", str(out_dir), "--set", "inner_steps=2"]
+                           + (["--fast-paths"] if fast else []), capsys)
+        assert code == 0, err
+        reports[fast] = json.loads((out_dir / "metrics.json").read_text())
+    assert reports[True]["fast_paths"] is True and reports[False]["fast_paths"] is False
+    key = operator.itemgetter("scenario", "metric")
+    ref = {key(r): r["value"] for r in reports[False]["metrics"]}
+    assert {key(r) for r in reports[True]["metrics"]} == set(ref)
+    for r in reports[True]["metrics"]:
+        assert r["value"] == pytest.approx(ref[key(r)], rel=1e-4, abs=1e-5), key(r)
+    code, _, err = run(["evaluate", str(tmp_path / "run-False" / "checkpoint.pt"), "--device", "cpu",
+                        "--fast-paths", "--out", str(tmp_path / "fast.json")], capsys)
+    assert code == 0, err
+    evaluation = json.loads((tmp_path / "fast.json").read_text())
+    assert evaluation["fast_paths"] is True
+    for r in evaluation["metrics"]:
+        assert r["value"] == pytest.approx(ref[key(r)], rel=1e-4, abs=1e-5), key(r)
+
+
 @pytest.mark.bad_input(case="learning rates so large that training explodes (e.g. --set global_lr=1e30 with SGD)",
                        handling="exit 3: the event, the method's current rates and smaller ones to try; no NaN table")
 def test_a_diverged_run_is_reported_not_hidden(tmp_path, capsys):

@@ -179,6 +179,13 @@ class MetaLearner(nn.Module):
         self.config = config
         self._local = model.names_in(config.local_groups)
 
+    def use_fast_paths(self, on: bool = True) -> MetaLearner:
+        """Turn the engine's equivalent faster paths on (or off): ``gather_rows`` and ``factored_updates`` here,
+        plus what a subclass adds (MAMO: ``fused_memory_write``). Results equal the reference path's to float
+        rounding, not bitwise, so the book's chapters and ``reproduce`` keep them off. Returns ``self``."""
+        self.gather_rows = self.factored_updates = bool(on)
+        return self
+
     # -- which parameters ------------------------------------------------------------------
     def local_names(self) -> list[str]:
         """Parameters that get a per-user fast copy (θ)."""

@@ -164,6 +164,12 @@ class MAMOLearner(MetaLearner):
             return {}
         return {f"gradient:{n}": n for n in self._user_params}
 
+    def use_fast_paths(self, on: bool = True) -> MAMOLearner:
+        """The engine's faster equivalent paths plus ``fused_memory_write`` (see ``MetaLearner.use_fast_paths``)."""
+        super().use_fast_paths(on)
+        self.fused_memory_write = bool(on)
+        return self
+
     def aux_reads(self) -> list[str] | None:
         """The adapted tensors :meth:`user_aux` reads: ``M_{u,I}`` (Eq. 8), and every fast tensor when Eq. 6's
         gradient is the separate pass (it re-runs the recommender at ``θ̂``)."""
