@@ -125,10 +125,19 @@ def has_factored_path(learner) -> bool:
     return any(f"{n}.weight" in local for n in linear_layers(learner.model))
 
 
+def has_second_order(name: str) -> bool:
+    """Whether configuration ``name`` can run second order (s²Meta's configuration refuses it)."""
+    try:
+        build(name, first_order=False)
+    except ValueError:
+        return False
+    return True
+
+
 def setting_grid(names: list[str], orders: list[str], gathers: list[str], fuseds: list[str],
                  factoreds: list[str] | tuple[str, ...] = ("off",)):
     """``(name, order, gather, fused, factored)`` for each configuration, skipping ``on`` where it changes
-    nothing."""
+    nothing and an order the method does not have (s²Meta is first order by construction)."""
     out = []
     for name in names:
         learner = build(name, first_order=True)
@@ -136,6 +145,10 @@ def setting_grid(names: list[str], orders: list[str], gathers: list[str], fuseds
         factorable = has_factored_path(learner)
         fusable = "on" in fuseds and has_fusable_write(name)
         for order in orders:
+            if order == "second" and not has_second_order(name):
+                print(f"  {name}: no second order (its configuration refuses first_order=False); skipped",
+                      file=sys.stderr)
+                continue
             for gather in gathers:
                 for fused in fuseds:
                     for factored in factoreds:

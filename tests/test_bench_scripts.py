@@ -291,3 +291,10 @@ def test_authors_script_refuses_an_absent_or_unprepared_checkout(tmp_path):
     unprepared = run(fake)
     assert unprepared.returncode == 2 and "is not prepared" in unprepared.stderr and "--prepare" in unprepared.stderr
     assert not (tmp_path / "authors.json").exists()
+
+
+def test_setting_grid_skips_an_order_a_method_does_not_have(bench_modules):
+    """s²Meta is first order by construction: the default grid (every method, both orders) must not crash on it."""
+    _, bench_engine = bench_modules
+    grid = bench_engine.setting_grid(["s2meta", "maml"], ["first", "second"], ["off"], ["off"])
+    assert [(n, o) for n, o, *_ in grid] == [("s2meta", "first"), ("maml", "first"), ("maml", "second")]
