@@ -159,6 +159,33 @@ def setting_grid(names: list[str], orders: list[str], gathers: list[str], fuseds
     return out
 
 
+SWITCHES: dict[str, str] = {
+    "gather": "MetaLearner.gather_rows; 'on' only where tables are local",
+    "fused": "MAMOLearner.fused_memory_write; 'on' only for MAMO",
+    "factored": "MetaLearner.factored_updates; 'on' only where the engine's default per-user algorithm runs: "
+                "not s2meta, greatmeta",
+}
+"""The engine options a benchmark can time both ways: ``--NAME off,on`` (what each sets)."""
+
+
+def add_switch_arguments(parser: argparse.ArgumentParser, defaults: dict[str, str] | None = None) -> None:
+    """``--gather``, ``--fused`` and ``--factored`` (comma-separated off, on; default ``off`` unless ``defaults``)."""
+    for name, what in SWITCHES.items():
+        parser.add_argument(f"--{name}", default=(defaults or {}).get(name, "off"),
+                            help=f"comma-separated: off, on ({what})")
+
+
+def switch_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[list[str]]:
+    """The values of each switch of :data:`SWITCHES`, in its order; a value other than off/on is a usage error."""
+    settings = []
+    for name in SWITCHES:
+        values = [v.strip() for v in getattr(args, name).split(",") if v.strip()]
+        if set(values) - {"off", "on"}:
+            parser.error(f"--{name} takes off, on (comma-separated); got {getattr(args, name)!r}")
+        settings.append(values)
+    return settings
+
+
 def machine_facts(device: torch.device | str = "cpu") -> dict:
     """CPU model, versions, thread settings and the load average (other work on the machine)."""
     import os
@@ -289,13 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated methods or presets ({', '.join(PRESETS)}); default: every method")
     parser.add_argument("--paths", default="loop,vmap", help="comma-separated: loop, vmap")
     parser.add_argument("--orders", default="first,second", help="comma-separated: first, second")
-    parser.add_argument("--gather", default="off",
-                        help="comma-separated: off, on (MetaLearner.gather_rows; 'on' only where tables are local)")
-    parser.add_argument("--fused", default="off",
-                        help="comma-separated: off, on (MAMOLearner.fused_memory_write; 'on' only for MAMO)")
-    parser.add_argument("--factored", default="off",
-                        help="comma-separated: off, on (MetaLearner.factored_updates; 'on' only where the "
-                             "engine's default per-user algorithm runs: not s2meta, greatmeta)")
+    add_switch_arguments(parser)
     parser.add_argument("--devices", default="auto", help="comma-separated: cpu, cuda; auto = cpu (+ cuda if present)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
     parser.add_argument("--batches", type=int, default=2,
@@ -314,12 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(methods) - set(CONFIG_NAMES)
     if unknown:
         parser.error(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(CONFIG_NAMES)}")
-    gathers = [g.strip() for g in args.gather.split(",") if g.strip()]
-    fuseds = [f.strip() for f in args.fused.split(",") if f.strip()]
-    factoreds = [f.strip() for f in args.factored.split(",") if f.strip()]
-    if set(gathers) - {"off", "on"} or set(fuseds) - {"off", "on"} or set(factoreds) - {"off", "on"}:
-        parser.error(f"--gather, --fused and --factored take off, on; got {args.gather!r}, {args.fused!r}, "
-                     f"{args.factored!r}")
+    gathers, fuseds, factoreds = switch_settings(parser, args)
     if args.rounds < 1 or args.batches < 1 or args.warmup < 0:
         parser.error("--rounds and --batches ≥ 1, --warmup ≥ 0")
     if args.devices == "auto":

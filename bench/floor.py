@@ -69,9 +69,11 @@ from bench_engine import (
     ML1M_SPEC,
     PRESETS,
     Timed,
+    add_switch_arguments,
     machine_facts,
     resolve,
     setting_grid,
+    switch_settings,
     synthetic_tasks,
     time_interleaved,
 )
@@ -213,13 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated methods or presets ({', '.join(CONFIG_NAMES)}), each optionally "
                              f"NAME:ORDER to time only that order; default {DEFAULT_CONFIGS}")
     parser.add_argument("--orders", default="first,second", help="comma-separated: first, second")
-    parser.add_argument("--gather", default="off,on",
-                        help="comma-separated: off, on (MetaLearner.gather_rows; 'on' only where tables are local)")
-    parser.add_argument("--fused", default="off",
-                        help="comma-separated: off, on (MAMOLearner.fused_memory_write; 'on' only for MAMO)")
-    parser.add_argument("--factored", default="off",
-                        help="comma-separated: off, on (MetaLearner.factored_updates; 'on' only where the "
-                             "engine's default per-user algorithm runs: not s2meta, greatmeta)")
+    add_switch_arguments(parser, {"gather": "off,on"})
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
     parser.add_argument("--batches", type=int, default=3, help="meta-steps per configuration and round (median)")
     parser.add_argument("--users-per-batch", type=int, help="users per meta-step (default: each configuration's)")
@@ -234,9 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     orders = [o.strip() for o in args.orders.split(",") if o.strip()]
-    gathers = [g.strip() for g in args.gather.split(",") if g.strip()]
-    fuseds = [f.strip() for f in args.fused.split(",") if f.strip()]
-    factoreds = [f.strip() for f in args.factored.split(",") if f.strip()]
+    gathers, fuseds, factoreds = switch_settings(parser, args)
     configs: list[tuple[str, list[str]]] = []  # (name, its orders)
     for item in (c.strip() for c in args.configs.split(",") if c.strip()):
         name, _, only = item.partition(":")
@@ -245,11 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             parser.error(str(e))
         configs.append((name, [only] if only else orders))
-    if ({o for _, os_ in configs for o in os_} - {"first", "second"} or set(gathers) - {"off", "on"}
-            or set(fuseds) - {"off", "on"} or set(factoreds) - {"off", "on"}
-            or args.rounds < 1 or args.batches < 1):
-        parser.error("orders are first, second; --gather, --fused and --factored take off, on; "
-                     "--rounds and --batches ≥ 1")
+    if {o for _, os_ in configs for o in os_} - {"first", "second"} or args.rounds < 1 or args.batches < 1:
+        parser.error("orders are first, second; --rounds and --batches ≥ 1")
     facts = machine_facts("cpu")  # before this script loads the machine
     tasks = synthetic_tasks(256)
 

@@ -119,14 +119,19 @@ def test_bench_engine_rounds_are_interleaved_with_alternating_order(bench_module
                      ("a", 2, True), ("b", 2, True), ("c", 2, True)]
 
 
-def test_bench_engine_quick_reports_median_and_spread_per_figure(tmp_path):
-    out = tmp_path / "engine-{device}.json"
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_engine.py"), "--quick", "--methods", "melu,mamo",
-                          "--paths", "loop,vmap", "--fused", "off,on", "--devices", "cpu", "--out", str(out)],
+def _bench_engine_quick(tmp_path, *args: str):
+    """``bench_engine.py --quick`` on the CPU with ``args``, writing into ``tmp_path``: the finished process (status 0
+    checked) and its JSON report."""
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_engine.py"), "--quick", *args, "--devices",
+                          "cpu", "--out", str(tmp_path / "engine-{device}.json")],
                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr
+    return run, json.loads((tmp_path / "engine-cpu.json").read_text(encoding="utf-8"))
+
+
+def test_bench_engine_quick_reports_median_and_spread_per_figure(tmp_path):
+    run, report = _bench_engine_quick(tmp_path, "--methods", "melu,mamo", "--paths", "loop,vmap", "--fused", "off,on")
     assert "(min-max)" in run.stdout and "wrote" in run.stdout
-    report = json.loads((tmp_path / "engine-cpu.json").read_text(encoding="utf-8"))
     assert report["machine"]["thread_env"]["OMP_WAIT_POLICY"] == "PASSIVE"
     assert report["timing"]["rounds"] == 2 and report["batches_timed"] == 2
     rows = report["results"]
@@ -169,13 +174,9 @@ def test_factored_updates_are_timed_only_where_the_default_per_user_algorithm_ru
 
 
 def test_bench_engine_quick_times_factored_updates(tmp_path):
-    out = tmp_path / "engine-{device}.json"
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_engine.py"), "--quick", "--methods", "melu",
-                          "--paths", "vmap", "--factored", "off,on", "--devices", "cpu", "--out", str(out)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
-    assert run.returncode == 0, run.stderr
+    run, report = _bench_engine_quick(tmp_path, "--methods", "melu", "--paths", "vmap", "--factored", "off,on")
     assert "factored" in run.stdout.splitlines()[0]
-    rows = json.loads((tmp_path / "engine-cpu.json").read_text(encoding="utf-8"))["results"]
+    rows = report["results"]
     assert [(r["method"], r["factored_updates"]) for r in rows] == [("melu", False), ("melu", True)]
     assert all(r["finite_loss"] for r in rows)
     bad = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_engine.py"), "--factored", "maybe"],

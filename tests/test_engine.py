@@ -348,6 +348,23 @@ def _gather_learner(case: str, first_order: bool) -> MetaLearner:
     return tiny_learner(method, **common, **extra)
 
 
+def _option_equals_plain_path(learner: MetaLearner, option: str, batch, path: str, *, steps: tuple, atol: float):
+    """Switch the engine option ``option`` on (it must start off) and check that meta-gradients, per-user query
+    losses, aux and predictions (for each local ``steps``) equal the plain path's; returns the plain results."""
+    assert getattr(learner, option) is False  # opt-in
+    plain = meta_gradient(learner, batch, path=path, with_aux=True)
+    plain_pred = [predict(learner, batch, path=path, steps=s) for s in steps]
+    setattr(learner, option, True)
+    other = meta_gradient(learner, batch, path=path, with_aux=True)
+    other_pred = [predict(learner, batch, path=path, steps=s) for s in steps]
+    assert set(other[0]) == set(plain[0]) and set(other[2]) == set(plain[2])
+    for a, b in zip(other, plain, strict=True):  # grads, per-user query losses, aux (memory writes)
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=atol)
+    for a, b in zip(other_pred, plain_pred, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=atol)
+    return plain, plain_pred
+
+
 @pytest.mark.parametrize("path", ["vmap", "loop"])
 @pytest.mark.parametrize("first_order", [True, False], ids=["first", "second"])
 @pytest.mark.parametrize("case", list(GATHER_CASES))
@@ -355,15 +372,7 @@ def test_gathered_rows_equal_the_plain_path(float64, case, first_order, path):
     """``gather_rows``: the same query losses, meta-gradients (Eq. 12), memory writes and predictions."""
     learner = _gather_learner(case, first_order)
     batch = tiny_batch(SPEC, n_users=4, masks="ragged", seed=21)
-    assert learner.gather_rows is False  # opt-in
-    plain = meta_gradient(learner, batch, path=path, with_aux=True)
-    plain_pred = predict(learner, batch, path=path)
-    learner.gather_rows = True
-    gathered = meta_gradient(learner, batch, path=path, with_aux=True)
-    gathered_pred = predict(learner, batch, path=path)
-    for a, b in zip(gathered, plain):  # grads, per-user query losses, aux
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
-    torch.testing.assert_close(gathered_pred, plain_pred, rtol=1e-10, atol=1e-13)
+    plain, _ = _option_equals_plain_path(learner, "gather_rows", batch, path, steps=(None,), atol=1e-13)
     tables = learner.model.names_in(("profile",))
     if "profile" in learner.config.local_groups:  # not a comparison of zeros
         assert all(plain[0][n].abs().sum() > 0 for n in tables)
@@ -494,18 +503,9 @@ def test_factored_updates_equal_the_plain_path(float64, case, first_order, path)
     """``factored_updates``: the same query losses, meta-gradients (Eq. 12), aux, predictions and meta-step."""
     learner = _factored_learner(case, first_order)
     batch = tiny_batch(SPEC, n_users=4, masks="ragged", seed=31)
-    assert learner.factored_updates is False  # opt-in
-    plain = meta_gradient(learner, batch, path=path, with_aux=True)
-    plain_pred = [predict(learner, batch, path=path, steps=s) for s in (None, 0, 2)]
-    twin = copy.deepcopy(learner)
-    learner.factored_updates = True
-    fact = meta_gradient(learner, batch, path=path, with_aux=True)
-    fact_pred = [predict(learner, batch, path=path, steps=s) for s in (None, 0, 2)]
-    assert set(fact[0]) == set(plain[0]) and set(fact[2]) == set(plain[2])
-    for a, b in zip(fact, plain):  # grads, per-user query losses, aux (memory writes)
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    for a, b in zip(fact_pred, plain_pred):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    twin = copy.deepcopy(learner)  # stays on the plain path (the comparison below does not change the weights)
+    plain, plain_pred = _option_equals_plain_path(learner, "factored_updates", batch, path, steps=(None, 0, 2),
+                                                  atol=1e-12)
     assert any(v.abs().sum() > 0 for v in plain[0].values())  # not a comparison of zeros
     if learner.model.config.head == "regression":  # adaptation moves the predictions: the factors are applied
         assert not torch.allclose(plain_pred[0], plain_pred[1])

@@ -40,10 +40,9 @@ Factors = dict[str, tuple[Tensor, Tensor]]
 
 
 def linear_layers(model: EmbeddingRecommender) -> list[str]:
-    """The recommender's linear layers in forward order (``user_tower.0``, …, ``preference``, ``decision.0``, ``out``)."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    order = ("user_tower", "item_tower", "preference", "decision", "out")
-    return sorted(names, key=lambda n: order.index(n.split(".", 1)[0]))
+    """The recommender's linear layers (``user_tower.0``, …, ``preference``, ``decision.0``, ``out``), in the order
+    ``EmbeddingRecommender.__init__`` registers them, which is the forward order."""
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
 
 
 def factored_layers(model: EmbeddingRecommender, fast: Params) -> list[str]:
@@ -151,8 +150,8 @@ def materialise(dense: Params, factors: Factors, lr: float, names: list[str]) ->
     """Dense adapted weights ``θ̂ = θ_0 − ρ Δᵀ X`` for the parameter ``names`` (what a learner's ``user_aux`` reads)."""
     out = {}
     for n in names:
-        layer = n[:-len(".weight")] if n.endswith(".weight") else None
-        if layer is not None and layer in factors:
+        layer = n.removesuffix(".weight")
+        if n.endswith(".weight") and layer in factors:
             x_all, d_all = factors[layer]
             out[n] = dense[n] - lr * (d_all.mT @ x_all)
         else:
