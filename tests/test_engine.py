@@ -482,7 +482,7 @@ FACTORED_CASES = {
 
 
 def _factored_learner(case: str, first_order: bool) -> MetaLearner:
-    method, extra = FACTORED_CASES[case]
+    method, extra = {**FACTORED_CASES, **BATCHED_CASES}[case]
     extra = dict(extra)
     gather, fused = extra.pop("gather", False), extra.pop("fused", False)
     common = {"inner_steps": 3, "local_lr": 0.1, "first_order": first_order}
@@ -542,3 +542,84 @@ def test_factored_updates_refuse_another_recommender():
 
     with pytest.raises(TypeError, match="factored_updates needs an EmbeddingRecommender"):
         factored.check_model(torch.nn.Linear(2, 2))
+
+
+# -- batched users (mamo_lite.meta.batched) -----------------------------------------------------------
+
+BATCHED_CASES = {"mamo-authors-per-item": ("mamo", {**TINY_MAMO_AUTHORS, "local_update": "per-item"})}
+
+
+@pytest.mark.parametrize("first_order", [True, False], ids=["first", "second"])
+@pytest.mark.parametrize("case", [*FACTORED_CASES, *BATCHED_CASES])
+def test_batched_users_equal_the_plain_path(float64, case, first_order):
+    """``batched_users``: the same query losses, meta-gradients (Eq. 12), aux (memory writes), predictions, and two
+    whole meta-steps (first order updates the adapted weights in place: the second step would see any damage)."""
+    learner = _factored_learner(case, first_order)
+    batch = tiny_batch(SPEC, n_users=4, masks="ragged", seed=33)
+    twin = copy.deepcopy(learner)
+    before = {n: p.detach().clone() for n, p in learner.params().items()}
+    plain, plain_pred = _option_equals_plain_path(learner, "batched_users", batch, "vmap", steps=(None, 0, 2),
+                                                  atol=1e-12)
+    for n, p in learner.params().items():  # functional: nothing was modified
+        assert torch.equal(p, before[n]), n
+    assert any(v.abs().sum() > 0 for v in plain[0].values())  # not a comparison of zeros
+    if learner.model.config.head == "regression":
+        assert not torch.allclose(plain_pred[0], plain_pred[1])  # adaptation moves the predictions
+    opt, twin_opt = make_optimizer(learner), make_optimizer(twin)
+    for _ in range(2):
+        meta_step(learner, batch, opt)
+        meta_step(twin, batch, twin_opt)
+    for (n, p), (_, q) in zip(learner.named_parameters(), twin.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12, msg=n)
+    for k, v in learner.memory_state().items():
+        torch.testing.assert_close(v, twin.memory_state()[k], rtol=1e-10, atol=1e-12, msg=k)
+
+
+def test_batched_users_run_through_the_batched_module_only_on_the_vmap_path(monkeypatch):
+    from mamo_lite.meta import batched
+
+    calls = []
+    real = batched.adapt
+    monkeypatch.setattr(batched, "adapt", lambda *a, **k: calls.append(1) or real(*a, **k))
+    learner = tiny_learner("maml").use_fast_paths()
+    assert learner.batched_users and batched.applies(learner)
+    batch = tiny_batch(SPEC, n_users=3, seed=34)
+    meta_gradient(learner, batch, path="loop")
+    predict(learner, batch, path="loop")
+    assert not calls  # the loop stays the reference
+    meta_gradient(learner, batch, path="vmap")
+    predict(learner, batch, path="vmap")
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("method", ["s2meta", "greatmeta"])
+def test_batched_users_leave_methods_with_their_own_algorithm_alone(method):
+    from mamo_lite.meta import batched
+
+    learner = build_learner(method, SPEC)
+    assert not batched.applies(learner)
+
+
+def test_batched_building_blocks_equal_their_per_user_forms(float64):
+    """Per-user tables, weights and losses with a leading user dimension equal the per-user computations."""
+    from mamo_lite.meta.factored import apply_linear
+    from mamo_lite.models.recommender import lookup, rating_loss
+
+    gen = torch.Generator().manual_seed(35)
+    tables = torch.randn(3, 5, 2, generator=gen)
+    idx = torch.randint(0, 5, (3, 4, 2), generator=gen)
+    torch.testing.assert_close(lookup(idx, tables), torch.stack([F.embedding(idx[b], tables[b]) for b in range(3)]))
+    shared = tables[0]
+    torch.testing.assert_close(lookup(idx, shared), F.embedding(idx, shared))
+    w, b = torch.randn(3, 4, 6, generator=gen), torch.randn(3, 4, generator=gen)
+    z = torch.randn(3, 7, 6, generator=gen)
+    torch.testing.assert_close(apply_linear(z, w, b), torch.stack([F.linear(z[u], w[u], b[u]) for u in range(3)]))
+    torch.testing.assert_close(apply_linear(z[:, 0], w, None), torch.stack([F.linear(z[u, 0], w[u]) for u in range(3)]))
+    torch.testing.assert_close(apply_linear(z, w[0], b), torch.stack([F.linear(z[u], w[0], b[u]) for u in range(3)]))
+    out, y = torch.randn(3, 4, 5, generator=gen), torch.randint(1, 6, (3, 4), generator=gen).double()
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    for head, o in (("regression", out[..., 0]), ("classification", out)):
+        per_user = rating_loss(o, y, mask, head=head, rating_min=1.0, per_user=True)
+        one_by_one = torch.stack([rating_loss(o[u], y[u], mask[u], head=head, rating_min=1.0) for u in range(3)])
+        torch.testing.assert_close(per_user, one_by_one)
+    assert per_user[2] == 0  # a user without ratings: zero, not NaN

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from mamo_lite.data.tasks import TaskBatch, tree_index
-from mamo_lite.meta import factored
+from mamo_lite.meta import batched, factored
 from mamo_lite.models.recommender import (
     GROUPS,
     EmbeddingRecommender,
@@ -172,6 +172,7 @@ class MetaLearner(nn.Module):
 
     gather_rows: bool = False
     factored_updates: bool = False
+    batched_users: bool = False
 
     def __init__(self, model: EmbeddingRecommender, config: MetaConfig) -> None:
         super().__init__()
@@ -183,7 +184,7 @@ class MetaLearner(nn.Module):
         """Turn the engine's equivalent faster paths on (or off): ``gather_rows`` and ``factored_updates`` here,
         plus what a subclass adds (MAMO: ``fused_memory_write``). Results equal the reference path's to float
         rounding, not bitwise, so the book's chapters and ``reproduce`` keep them off. Returns ``self``."""
-        self.gather_rows = self.factored_updates = bool(on)
+        self.gather_rows = self.factored_updates = self.batched_users = bool(on)
         return self
 
     # -- which parameters ------------------------------------------------------------------
@@ -486,6 +487,8 @@ def meta_gradient(learner: MetaLearner, batch: TaskBatch, *, path: Path = "vmap"
     of the reduced (mean or sum) query loss. Nothing is modified. With ``with_aux`` and a learner that
     names :meth:`MetaLearner.aux_taps`, the same backward pass also gives those per-user gradients.
     """
+    if path == "vmap" and learner.batched_users and batched.applies(learner):
+        return batched.meta_gradient(learner, batch, with_aux=with_aux)
     all_params = {n: p.detach() for n, p in learner.params().items()}
     names = learner.global_names()
     fixed = {n: v for n, v in all_params.items() if n not in names}
@@ -526,6 +529,9 @@ def predict(learner: MetaLearner, batch: TaskBatch, *, path: Path = "vmap", chun
     outs = []
     with torch.enable_grad():
         for sub in batch.batches(chunk):
+            if path == "vmap" and learner.batched_users and batched.applies(learner):
+                outs.append(batched.predictions(learner, params, memories, learner.batch_inputs(sub), steps).detach())
+                continue
             outs.append(map_users(lambda task: learner.user_predictions(params, memories, task, steps),
                                   learner.batch_inputs(sub), path, len(sub)).detach())
     return torch.cat(outs) if outs else batch.query_y.new_zeros(batch.query_y.shape)

@@ -57,6 +57,23 @@ def check_model(model: nn.Module) -> None:
                         "turn MetaLearner.factored_updates off for this learner")
 
 
+def apply_linear(z: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """``z wᵀ + b`` for one weight ``w`` (``[out, in]``, ``F.linear``) or one per user (``[B, out, in]``, ``z`` then
+    ``[B, ..., in]``, what :mod:`mamo_lite.meta.batched` adapts); a bias ``[B, out]`` is one per user too."""
+    if w.dim() == 2:
+        if b is None or b.dim() == 1:
+            return F.linear(z, w, b)
+        h = F.linear(z, w)
+    else:
+        rows = z.reshape(z.shape[0], -1, z.shape[-1])
+        h = torch.bmm(rows, w.mT).reshape(*z.shape[:-1], w.shape[-2])
+        if b is None:
+            return h
+        if b.dim() == 1:
+            return h + b
+    return h + b.reshape(b.shape[0], *([1] * (z.dim() - 2)), b.shape[-1])
+
+
 def forward(model: EmbeddingRecommender, weights: Params, factors: Factors, lr: float, user_x: Tensor,
             item_x: dict[str, Tensor], taps: Params | None = None,
             inputs: dict[str, Tensor] | None = None) -> Tensor:
@@ -68,7 +85,7 @@ def forward(model: EmbeddingRecommender, weights: Params, factors: Factors, lr: 
     """
 
     def linear(name: str, z: Tensor) -> Tensor:
-        h = F.linear(z, weights[f"{name}.weight"], weights.get(f"{name}.bias"))
+        h = apply_linear(z, weights[f"{name}.weight"], weights.get(f"{name}.bias"))
         if name in factors:
             x_all, d_all = factors[name]
             h = h - lr * ((z @ x_all.mT) @ d_all)

@@ -173,7 +173,7 @@ class EmbeddingRecommender(nn.Module):
         parts = []
         for j, (name, emb) in enumerate(self.user_profile.items()):
             w = emb.weight if params is None else params[f"user_profile.{name}.weight"]
-            parts.append(F.embedding(user_x[..., j], w))
+            parts.append(lookup(user_x[..., j], w))
         return torch.cat(parts, -1)
 
     def item_profile_vector(self, item_x: dict[str, Tensor], params: dict[str, Tensor] | None = None) -> Tensor:
@@ -188,12 +188,12 @@ class EmbeddingRecommender(nn.Module):
             emb = self.item_profile[f.name]
             w = emb.weight if params is None else params[f"item_profile.{f.name}.weight"]
             if f.kind == "categorical":
-                parts.append(F.embedding(cat[..., j], w))
+                parts.append(lookup(cat[..., j], w))
                 j += 1
             else:
                 idx = item_x[f.name]
                 mask = (idx > 0).unsqueeze(-1).to(w.dtype)
-                pooled = (F.embedding(idx, w) * mask).sum(-2)
+                pooled = (lookup(idx, w) * mask).sum(-2)
                 if self.config.multi_pooling == "mean":
                     pooled = pooled / mask.sum(-2).clamp(min=1.0)
                 parts.append(pooled)
@@ -221,11 +221,23 @@ class EmbeddingRecommender(nn.Module):
         return prediction_from_output(out, head="classification", rating_min=self.spec.rating_min)
 
 
-def rating_loss(out: Tensor, y: Tensor, mask: Tensor, *, head: str, rating_min: float) -> Tensor:
+def lookup(idx: Tensor, w: Tensor) -> Tensor:
+    """Rows of an embedding table: ``F.embedding(idx, w)`` for one table ``w`` (``[V, d]``), or, for one table per
+    user (``w`` ``[B, V, d]``, what :mod:`mamo_lite.meta.batched` adapts), user ``b``'s rows ``w[b, idx[b]]``."""
+    if w.dim() == 2:
+        return F.embedding(idx, w)
+    users, rows = w.shape[0], w.shape[1]
+    offset = torch.arange(users, device=idx.device, dtype=idx.dtype).reshape(users, *([1] * (idx.dim() - 1)))
+    return F.embedding(idx + offset * rows, w.reshape(users * rows, w.shape[-1]))
+
+
+def rating_loss(out: Tensor, y: Tensor, mask: Tensor, *, head: str, rating_min: float,
+                per_user: bool = False) -> Tensor:
     """Masked mean loss of one task: MSE (regression) or cross-entropy over rating classes.
 
-    The cross-entropy is applied to logits, once; the authors' code applied it to softmax outputs
-    (a double softmax, see the errata).
+    With ``per_user`` the leading dimension of ``out``, ``y`` and ``mask`` is a batch of users and the result is
+    each user's own masked mean (``[B]``). The cross-entropy is applied to logits, once; the authors' code
+    applied it to softmax outputs (a double softmax, see the errata).
     """
     m = mask.to(y.dtype)
     if head == "regression":
@@ -233,6 +245,9 @@ def rating_loss(out: Tensor, y: Tensor, mask: Tensor, *, head: str, rating_min: 
     else:
         target = (y - rating_min).round().long().clamp(min=0, max=out.shape[-1] - 1)
         per = F.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1), reduction="none").reshape(y.shape)
+    if per_user:
+        dims = tuple(range(1, y.dim()))
+        return (per * m).sum(dims) / m.sum(dims).clamp(min=1.0)
     return (per * m).sum() / m.sum().clamp(min=1.0)
 
 

@@ -1,0 +1,208 @@
+"""Batched users: Algorithm 1 for a whole meta-batch as batched tensor operations, without ``vmap``.
+
+The engine's reference paths run one user's algorithm at a time (a Python loop) or map it over the batch
+with ``torch.func.vmap``. Both give each user, at every local step, a dense fast copy of every local weight,
+built as ``θ − ρ·g`` from an autograd weight gradient ``g``: three passes over per-user memory per step, and
+every operation of every step dispatched through ``vmap``'s and ``torch.func.grad``'s transform layers. This
+module computes the same quantities for the whole batch with ordinary batched tensors and plain
+``torch.autograd``:
+
+* the per-user initialisation (``MetaLearner.init_fast``, MAMO's Eqs. 3–4, 7, 9–10), the gathered embedding
+  rows (:func:`mamo_lite.meta.engine.gather_rows`) and the per-user ``user_aux`` still run under ``vmap``
+  (one call each); a local weight that is still ``φ`` itself after the initialisation stays one shared
+  tensor, so its products with the batch's rows are one matrix product for all users;
+* each local step (Eq. 11) takes the loss gradient w.r.t. each local linear layer's *output* (``Δ``, via a
+  zero "tap", as :mod:`mamo_lite.meta.factored` does) and the layer's input ``X`` from one forward and one
+  backward pass, and updates the weight in one fused kernel, ``θ ← θ − ρ Δᵀ X``
+  (``torch.baddbmm``): ``∇_θ L_S = Δᵀ X`` is the same weight gradient the reference path gets from autograd,
+  never materialised on its own. Biases and embedding rows take ``θ ← θ − ρ g`` as before;
+* the users of a batch are independent, so the gradient of the *sum* of their support losses w.r.t. a
+  per-user tensor is each user's own gradient: one backward pass gives all of them.
+
+The maths is the reference path's (tests compare query losses, meta-gradients, memory writes and predictions
+with it to float rounding, first and second order, ``"batch"`` and ``"per-item"`` local updates, with and
+without gathered rows). Only the order of floating-point operations differs, so it is an engine option
+(``MetaLearner.batched_users``, opt-in, on with :meth:`~mamo_lite.meta.engine.MetaLearner.use_fast_paths`),
+used by the ``"vmap"`` path when it applies (:func:`applies`); the ``"loop"`` path stays the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.func import vmap
+
+from mamo_lite.data.tasks import TaskBatch
+from mamo_lite.meta import factored
+from mamo_lite.models.recommender import EmbeddingRecommender, prediction_from_output, rating_loss
+
+Params = dict[str, Tensor]
+
+
+def applies(learner) -> bool:
+    """Whether the batched path can run ``learner``: the engine's default per-user algorithm (``user_objective``,
+    ``user_predictions``; not s²Meta's learned optimiser nor GreatMeta's FiLM network) on an
+    :class:`~mamo_lite.models.recommender.EmbeddingRecommender`."""
+    from mamo_lite.meta.engine import MetaLearner
+
+    default = all(getattr(type(learner), f) is getattr(MetaLearner, f) for f in ("user_objective", "user_predictions"))
+    return default and type(learner.model) is EmbeddingRecommender
+
+
+def _per_user(fn, *trees):
+    """``vmap(fn)(*trees)``, with each output that does not depend on the user (an expanded view of one tensor,
+    stride 0 over users) given back as that one shared tensor."""
+    out = vmap(fn)(*trees)
+    return tuple(_shared(t) if isinstance(t, dict) else t for t in out) if isinstance(out, tuple) else _shared(out)
+
+
+def _shared(tree: dict) -> dict:
+    return {k: (v[0] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] > 0 and v.stride(0) == 0 else v)
+            for k, v in tree.items()}
+
+
+def _per_user_copy(t: Tensor, users: int, like: Tensor) -> Tensor:
+    """``t`` with a leading user dimension: itself if it has one (same rank as ``like``), else expanded (a view)."""
+    return t if t.dim() == like.dim() + 1 else t.expand(users, *t.shape)
+
+
+def _parts(local_update: str, task: dict) -> list[dict]:
+    """What one local step sees (batched ``_support_parts``): the whole support set, or each rating alone."""
+    if local_update != "per-item":
+        return [task]
+    n = task["support_y"].shape[1]
+    return [{**task, "support_y": task["support_y"][:, j:j + 1], "support_mask": task["support_mask"][:, j:j + 1],
+             "support_x": {k: v[:, j:j + 1] for k, v in task["support_x"].items()}} for j in range(n)]
+
+
+def _losses(model: EmbeddingRecommender, weights: Params, task: dict, which: str, taps: Params | None = None,
+            inputs: Params | None = None) -> Tensor:
+    """Each user's masked loss on its ``support`` or ``query`` set, ``[B]`` (the batched ``task_loss``)."""
+    out = factored.forward(model, weights, {}, 0.0, task["user_x"], task[f"{which}_x"], taps, inputs)
+    return rating_loss(out, task[f"{which}_y"], task[f"{which}_mask"], head=model.config.head,
+                       rating_min=model.spec.rating_min, per_user=True)
+
+
+def adapt(model: EmbeddingRecommender, params: Params, fast: Params, task: dict, users: int, *, steps: int,
+          lr: float, first_order: bool, local_update: str = "batch") -> Params:
+    """Eq. 11 for a batch of users: ``steps`` passes of ``θ ← θ − ρ ∇_θ L_S(θ)`` over each user's support set.
+
+    ``fast`` holds each local tensor either shared (still ``φ``: the shape of the parameter) or per user
+    (a leading dimension of ``users``); the result holds every tensor that a step changed per user. Local
+    linear weights are updated as ``θ − ρ Δᵀ X`` in one ``baddbmm``; with ``first_order`` the inner
+    gradients are detached (FOMAML), otherwise the graph through every step is kept.
+    """
+    names = factored.factored_layers(model, fast)
+    weight_keys = {f"{n}.weight" for n in names}
+    shapes = dict(model.named_parameters())
+    dense = dict(fast)
+    own: set[str] = set()
+    for _ in range(steps):
+        for part in _parts(local_update, task):
+            rows = factored._output_shapes(model, names, part)
+            taps = {n: fast[f"{n}.weight"].new_zeros(rows[n]).requires_grad_() for n in names}
+            per_user = {k: _per_user_copy(v, users, shapes[k]) for k, v in dense.items() if k not in weight_keys}
+            if first_order:  # the support pass needs no graph to φ: its gradients are detached anyway
+                movable = {k: v.detach().requires_grad_() for k, v in per_user.items()}
+                weights = {**{k: v.detach() for k, v in {**params, **dense}.items()}, **movable}
+            else:
+                movable = per_user
+                weights = {**params, **dense, **movable}
+            seen: Params = {}
+            total = _losses(model, weights, part, "support", taps, seen).sum()
+            grads = torch.autograd.grad(total, [*taps.values(), *movable.values()], create_graph=not first_order,
+                                        allow_unused=True, materialize_grads=True)
+            deltas, g = dict(zip(taps, grads[:len(taps)])), dict(zip(movable, grads[len(taps):]))
+            dense.update({k: torch.add(per_user[k], g[k], alpha=-lr) for k in per_user})
+            for n in names:
+                key = f"{n}.weight"
+                x = seen[n].detach() if first_order else seen[n]
+                w = dense[key]
+                d_t = deltas[n].reshape(users, -1, w.shape[-2]).mT
+                x = x.reshape(users, -1, w.shape[-1])
+                if first_order and key in own:  # a tensor this loop made: nothing else reads its old value
+                    w.baddbmm_(d_t, x, alpha=-lr)
+                    continue
+                w = w if w.dim() == 3 else w.expand(users, *w.shape)
+                dense[key] = torch.baddbmm(w, d_t, x, alpha=-lr)
+                own.add(key)
+    return dense
+
+
+def _start(learner, params: Params, memories: dict, inputs: dict) -> tuple[Params, dict, dict]:
+    """Per-user initialisation and (``gather_rows``) gathered rows, under ``vmap``: ``(fast, context, task)``."""
+    from mamo_lite.meta.engine import gather_rows
+
+    def start(task: dict) -> tuple[Params, dict, dict]:
+        fast, context = learner.init_fast(params, memories, task)
+        if learner.gather_rows:
+            fast, task = gather_rows(learner.model, fast, task)
+        return fast, context, task
+
+    return _per_user(start, inputs)
+
+
+def query_losses(learner, params: Params, memories: dict, inputs: dict, *, with_aux: bool = False,
+                 taps: Params | None = None) -> tuple[Tensor, dict]:
+    """Algorithm 1 for a batch of users (the batched :func:`~mamo_lite.meta.engine.user_query_loss`).
+
+    ``inputs`` are ``learner.batch_inputs(batch)``; ``taps`` (``{parameter: zeros [B, *shape]}``) are added to the
+    adapted weights before the query loss (``MetaLearner.aux_taps``). Returns ``(losses [B], aux)``.
+    """
+    cfg = learner.config
+    users = inputs["support_y"].shape[0]
+    fast, context, task = _start(learner, params, memories, inputs)
+    fast = adapt(learner.model, params, fast, task, users, steps=cfg.inner_steps, lr=cfg.local_lr,
+                 first_order=cfg.first_order, local_update=cfg.local_update)
+    shapes = dict(learner.model.named_parameters())
+    if taps:
+        fast = {**fast, **{n: _per_user_copy(fast[n], users, shapes[n]) + z for n, z in taps.items()}}
+    losses = _losses(learner.model, {**params, **fast}, task, "query")
+    if not with_aux:
+        return losses, {}
+    reads = learner.aux_reads()
+    names = list(fast) if reads is None else reads
+    adapted = {n: _per_user_copy(fast[n], users, shapes[n]) for n in names}
+    aux = vmap(lambda f, c, t: learner.user_aux(params, f, c, t))(adapted, _batched(context, users), task)
+    return losses, aux
+
+
+def _batched(context: dict, users: int) -> dict:
+    return {k: (v if v.dim() > 0 and v.shape[0] == users else v.expand(users, *v.shape)) for k, v in context.items()}
+
+
+def meta_gradient(learner, batch: TaskBatch, *, with_aux: bool = False) -> tuple[Params, Tensor, dict]:
+    """:func:`mamo_lite.meta.engine.meta_gradient` on the batched path (plain ``torch.autograd``): ``(grads, losses,
+    aux)`` with the same meaning, grads w.r.t. ``learner.global_names()`` of the reduced query loss."""
+    all_params = {n: p.detach() for n, p in learner.params().items()}
+    names = learner.global_names()
+    phi = {n: all_params[n].detach().requires_grad_() for n in names}
+    params = {**{n: v for n, v in all_params.items() if n not in phi}, **phi}
+    memories = {k: v.detach() for k, v in learner.memory_state().items()}
+    inputs = learner.batch_inputs(batch)
+    taps = learner.aux_taps() if with_aux else {}
+    zeros = {n: all_params[n].new_zeros(len(batch), *all_params[n].shape).requires_grad_()
+             for n in dict.fromkeys(taps.values())}
+    with torch.enable_grad():
+        losses, aux = query_losses(learner, params, memories, inputs, with_aux=with_aux, taps=zeros)
+        red = losses.sum() if learner.config.reduction == "sum" else losses.mean()
+        wrt = [*phi.values(), *zeros.values()]
+        grads = torch.autograd.grad(red, wrt, allow_unused=True, materialize_grads=True)
+    out = dict(zip(phi, grads[:len(phi)]))
+    aux = {k: v.detach() for k, v in aux.items()}
+    scale = 1.0 if learner.config.reduction == "sum" else float(len(batch))  # d(mean)/dL_u = 1/B
+    tap_grads = dict(zip(zeros, grads[len(phi):]))
+    aux.update({key: (tap_grads[n] * scale).detach() for key, n in taps.items()})
+    return out, losses.detach(), aux
+
+
+def predictions(learner, params: Params, memories: dict, inputs: dict, steps: int | None = None) -> Tensor:
+    """Algorithm 2 for a batch of users (the batched :func:`~mamo_lite.meta.engine.user_predictions`): ``[B, Q]``."""
+    cfg = learner.config
+    users = inputs["support_y"].shape[0]
+    fast, _, task = _start(learner, params, memories, inputs)
+    with torch.enable_grad():
+        fast = adapt(learner.model, params, fast, task, users, steps=cfg.inner_steps if steps is None else steps,
+                     lr=cfg.local_lr, first_order=True, local_update=cfg.local_update)
+    out = factored.forward(learner.model, {**params, **fast}, {}, 0.0, task["user_x"], task["query_x"])
+    return prediction_from_output(out, head=learner.model.config.head, rating_min=learner.model.spec.rating_min)
