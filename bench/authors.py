@@ -29,11 +29,12 @@ of its test split; each user is 15 support and 5 query ratings, the first 20 in 
   then sets ``n_epoch = 1`` and the user lists. It does not change their code beyond :data:`PATCHES`.
 * *ours*: one epoch of ``meta_step`` over the same users in meta-batches (``vmap`` path), and ``predict``
   (the test users' adaptation and query predictions), for each configuration of ``--configs``:
-  ``NAME[+gather][+fused][+factored]``, where ``NAME`` is a method or a preset of ``bench_engine.PRESETS``
+  ``NAME[+gather][+fused][+factored][+batched]``, where ``NAME`` is a method or a preset of ``bench_engine.PRESETS``
   (``mamo-authors``: MAMO matched to the authors' code, 9 local steps, every group local, their sizes),
   ``+gather`` sets ``MetaLearner.gather_rows``, ``+fused`` ``MAMOLearner.fused_memory_write`` and
   ``+factored`` ``MetaLearner.factored_updates`` (local linear layers kept as ``θ_0`` plus the factors of
-  their local steps, which pays most with several local steps on large layers).
+  their local steps, which pays most with several local steps on large layers) and ``+batched``
+  ``MetaLearner.batched_users`` (the meta-batch as batched tensor operations, :mod:`mamo_lite.meta.batched`).
 
 Both sides first run a warm-up (a few users, not timed). Every run is its own subprocess with the same
 environment (``OMP_WAIT_POLICY=PASSIVE`` and ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` set before torch
@@ -64,7 +65,7 @@ AUTHORS_REPO = "https://github.com/dongmanqing/Code-for-MAMO"
 AUTHORS_COMMIT = "feb5b9043056f1999cadfc59ffec759dff99b618"
 TARGET_SPEEDUP = 20.0
 DEFAULT_CONFIGS = ("mamo-authors,mamo-authors+gather+fused,mamo-authors+gather+fused+factored,"
-                   "mamo,mamo+factored")
+                   "mamo-authors+gather+fused+batched,mamo,mamo+batched")
 
 PATCHES: list[dict[str, str]] = [
     {"file": "configs.py", "old": "'cuda_option': 'cuda:5'", "new": "'cuda_option': 'cpu'",
@@ -210,12 +211,12 @@ def worker_authors(checkout: Path, train_ids: list[int], test_ids: list[int], th
             "finite_weights": phi_finite}
 
 
-def parse_config(spec: str) -> tuple[str, bool, bool, bool]:
-    """``NAME[+gather][+fused][+factored]`` → ``(name, gather, fused, factored)``."""
+def parse_config(spec: str) -> tuple[str, bool, bool, bool, bool]:
+    """``NAME[+gather][+fused][+factored][+batched]`` → ``(name, gather, fused, factored, batched)``."""
     name, *flags = spec.split("+")
-    if set(flags) - {"gather", "fused", "factored"}:
-        raise ValueError(f"unknown flag in {spec!r}: use NAME[+gather][+fused][+factored]")
-    return name, "gather" in flags, "fused" in flags, "factored" in flags
+    if set(flags) - {"gather", "fused", "factored", "batched"}:
+        raise ValueError(f"unknown flag in {spec!r}: use NAME[+gather][+fused][+factored][+batched]")
+    return name, "gather" in flags, "fused" in flags, "factored" in flags, "batched" in flags
 
 
 def worker_ours(spec: str, train_ids: list[int], test_ids: list[int], threads: int) -> dict:
@@ -231,7 +232,7 @@ def worker_ours(spec: str, train_ids: list[int], test_ids: list[int], threads: i
     from mamo_lite.meta.engine import make_optimizer, meta_step, predict
     from mamo_lite.methods import build_learner
 
-    name, gather, fused, factored = parse_config(spec)
+    name, gather, fused, factored, batched = parse_config(spec)
     data = load("movielens-1m", download=False)
     train, test = data.tasks("train"), data.tasks("test")
     pos = {int(u): i for i, u in enumerate(train.user_ids)}
@@ -244,6 +245,7 @@ def worker_ours(spec: str, train_ids: list[int], test_ids: list[int], threads: i
     learner = build_learner(method, data.spec, "movielens-1m", overrides=overrides)
     learner.gather_rows = gather
     learner.factored_updates = factored
+    learner.batched_users = batched
     if fused:
         learner.fused_memory_write = True
     opt = make_optimizer(learner)
@@ -260,7 +262,7 @@ def worker_ours(spec: str, train_ids: list[int], test_ids: list[int], threads: i
     predict(learner, test, path="vmap")
     return {"train_seconds": train_seconds, "test_seconds": time.perf_counter() - t0, "finite_loss": finite,
             "method": method, "overrides": overrides, "gather_rows": gather, "fused_memory_write": fused,
-            "factored_updates": factored, "users_per_batch": size}
+            "factored_updates": factored, "batched_users": batched, "users_per_batch": size}
 
 
 # -- the interleaved rounds ----------------------------------------------------------------------------
@@ -299,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--threads", default="2", help="comma-separated torch thread counts (default 2)")
     parser.add_argument("--configs", default=DEFAULT_CONFIGS,
-                        help=f"our configurations, NAME[+gather][+fused][+factored] "
+                        help=f"our configurations, NAME[+gather][+fused][+factored][+batched] "
                              f"(default {DEFAULT_CONFIGS})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training users' draw")
     parser.add_argument("--quick", action="store_true", help="20 training and 20 test users, 1 round, 2 threads")

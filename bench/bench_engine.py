@@ -19,6 +19,7 @@ Targets: one first-order epoch ≤ 10 s on 2 CPU cores; ``vmap`` ≥ 2× the per
     python bench/bench_engine.py --methods mamo-authors --gather off,on --devices cpu
     python bench/bench_engine.py --methods mamo --fused off,on --paths vmap --rounds 7
     python bench/bench_engine.py --methods maml,mamo-authors --factored off,on --paths vmap --devices cpu
+    python bench/bench_engine.py --methods maml,mamo,mamo-authors --batched off,on --paths vmap --devices cpu
 
 Besides the methods, ``--methods`` takes the named presets of :data:`PRESETS`: ``mamo-authors`` is MAMO
 configured as its authors' code runs it (``mamo_lite.reproduce.MAMO_AS_CODED``: 9 local steps, every
@@ -30,7 +31,10 @@ with the authors' code. ``--gather on`` times the engine's gathered-row path
 (``MAMOLearner.fused_memory_write``) instead of its separate forward and backward pass (Eq. 6);
 ``--factored on`` times the local linear layers kept as ``θ_0`` plus the factors of their local steps
 (``MetaLearner.factored_updates``), which pays most with several local steps on large layers
-(``mamo-authors``) and changes nothing for s²Meta and GreatMeta (they replace the per-user algorithm).
+(``mamo-authors``) and changes nothing for s²Meta and GreatMeta (they replace the per-user algorithm);
+``--batched on`` times the whole meta-batch run as batched tensor operations with plain autograd
+(``MetaLearner.batched_users``, :mod:`mamo_lite.meta.batched`) instead of a per-user function under
+``vmap`` (``vmap`` path only; not s²Meta nor GreatMeta either).
 
 The JSON records the CPU model, the thread settings (``OMP_WAIT_POLICY`` is set to ``PASSIVE`` by
 importing ``mamo_lite`` before torch loads), the load average and whether other work shared the machine.
@@ -50,6 +54,7 @@ import mamo_lite  # noqa: F401  # isort: skip  (first: sets OMP_WAIT_POLICY=PASS
 import torch
 
 from mamo_lite.data.tasks import FeatureSpec, Field, TaskBatch
+from mamo_lite.meta import batched
 from mamo_lite.meta.engine import MetaLearner, make_optimizer, meta_step
 from mamo_lite.meta.factored import linear_layers
 from mamo_lite.methods import METHODS, build_learner
@@ -84,9 +89,9 @@ def resolve(name: str) -> tuple[str, dict]:
 
 
 def build(name: str, *, first_order: bool, gather: bool = False, users_per_batch: int | None = None,
-          fused: bool = False, factored: bool = False):
-    """A learner for configuration ``name`` on ML-1M's shapes (seeded), with ``gather_rows`` and
-    ``factored_updates`` set and, for MAMO, ``fused_memory_write``."""
+          fused: bool = False, factored: bool = False, batched: bool = False):
+    """A learner for configuration ``name`` on ML-1M's shapes (seeded), with ``gather_rows``, ``factored_updates``
+    and ``batched_users`` set and, for MAMO, ``fused_memory_write``."""
     method, overrides = resolve(name)
     overrides["first_order"] = first_order
     if users_per_batch is not None:
@@ -95,6 +100,7 @@ def build(name: str, *, first_order: bool, gather: bool = False, users_per_batch
     learner = build_learner(method, ML1M_SPEC, "movielens-1m", overrides=overrides)
     learner.gather_rows = gather
     learner.factored_updates = factored
+    learner.batched_users = batched
     if fused:
         learner.fused_memory_write = True
     return learner
@@ -125,6 +131,14 @@ def has_factored_path(learner) -> bool:
     return any(f"{n}.weight" in local for n in linear_layers(learner.model))
 
 
+def has_batched_path(learner) -> bool:
+    """Whether ``batched_users`` can change anything for ``learner`` (or configuration name): the engine's default
+    per-user algorithm on an :class:`EmbeddingRecommender` (:func:`mamo_lite.meta.batched.applies`)."""
+    if isinstance(learner, str):
+        learner = build(learner, first_order=True)
+    return batched.applies(learner)
+
+
 def has_second_order(name: str) -> bool:
     """Whether configuration ``name`` can run second order (s²Meta's configuration refuses it)."""
     try:
@@ -135,14 +149,15 @@ def has_second_order(name: str) -> bool:
 
 
 def setting_grid(names: list[str], orders: list[str], gathers: list[str], fuseds: list[str],
-                 factoreds: list[str] | tuple[str, ...] = ("off",)):
-    """``(name, order, gather, fused, factored)`` for each configuration, skipping ``on`` where it changes
+                 factoreds: list[str] | tuple[str, ...] = ("off",), batcheds: list[str] | tuple[str, ...] = ("off",)):
+    """``(name, order, gather, fused, factored, batched)`` for each configuration, skipping ``on`` where it changes
     nothing and an order the method does not have (s²Meta is first order by construction)."""
     out = []
     for name in names:
         learner = build(name, first_order=True)
         local_tables = has_local_tables(learner)
         factorable = has_factored_path(learner)
+        batchable = has_batched_path(learner)
         fusable = "on" in fuseds and has_fusable_write(name)
         for order in orders:
             if order == "second" and not has_second_order(name):
@@ -152,10 +167,12 @@ def setting_grid(names: list[str], orders: list[str], gathers: list[str], fuseds
             for gather in gathers:
                 for fused in fuseds:
                     for factored in factoreds:
-                        if ((gather == "on" and not local_tables) or (fused == "on" and not fusable)
-                                or (factored == "on" and not factorable)):
-                            continue  # the same code runs
-                        out.append((name, order, gather == "on", fused == "on", factored == "on"))
+                        for batch_on in batcheds:
+                            if ((gather == "on" and not local_tables) or (fused == "on" and not fusable)
+                                    or (factored == "on" and not factorable) or (batch_on == "on" and not batchable)):
+                                continue  # the same code runs
+                            out.append((name, order, gather == "on", fused == "on", factored == "on",
+                                        batch_on == "on"))
     return out
 
 
@@ -164,12 +181,15 @@ SWITCHES: dict[str, str] = {
     "fused": "MAMOLearner.fused_memory_write; 'on' only for MAMO",
     "factored": "MetaLearner.factored_updates; 'on' only where the engine's default per-user algorithm runs: "
                 "not s2meta, greatmeta",
+    "batched": "MetaLearner.batched_users (vmap path); 'on' only where the engine's default per-user algorithm "
+               "runs: not s2meta, greatmeta",
 }
 """The engine options a benchmark can time both ways: ``--NAME off,on`` (what each sets)."""
 
 
 def add_switch_arguments(parser: argparse.ArgumentParser, defaults: dict[str, str] | None = None) -> None:
-    """``--gather``, ``--fused`` and ``--factored`` (comma-separated off, on; default ``off`` unless ``defaults``)."""
+    """``--gather``, ``--fused``, ``--factored`` and ``--batched`` (comma-separated off, on; default ``off`` unless
+    ``defaults``)."""
     for name, what in SWITCHES.items():
         parser.add_argument(f"--{name}", default=(defaults or {}).get(name, "off"),
                             help=f"comma-separated: off, on ({what})")
@@ -247,12 +267,12 @@ class Timed:
     """One configuration on one device: its learner, optimiser and batches; :meth:`run` times meta-steps."""
 
     def __init__(self, method: str, path: str, order: str, device: torch.device | str, tasks: TaskBatch, *,
-                 gather: bool = False, fused: bool = False, factored: bool = False,
+                 gather: bool = False, fused: bool = False, factored: bool = False, batched: bool = False,
                  users_per_batch: int | None = None) -> None:
         self.method, self.path, self.order, self.device = method, path, order, torch.device(device)
-        self.gather, self.fused, self.factored = gather, fused, factored
+        self.gather, self.fused, self.factored, self.batched = gather, fused, factored, batched
         self.learner = build(method, first_order=order == "first", gather=gather, fused=fused,
-                             factored=factored, users_per_batch=users_per_batch).to(self.device)
+                             factored=factored, batched=batched, users_per_batch=users_per_batch).to(self.device)
         self.optimizer = make_optimizer(self.learner)
         self.size = self.learner.config.users_per_batch
         self.tasks = tasks
@@ -287,7 +307,7 @@ class Timed:
         fast, slow = min(self.round_medians), max(self.round_medians)
         return {"method": self.method, "path": self.path, "order": self.order, "gather_rows": self.gather,
                 "fused_memory_write": self.fused, "factored_updates": self.factored,
-                "device": str(self.device), "users_per_batch": self.size,
+                "batched_users": self.batched, "device": str(self.device), "users_per_batch": self.size,
                 "batches_timed": len(self.seconds), "rounds": len(self.round_medians),
                 "batch_seconds": self.seconds, "round_median_seconds": self.round_medians,
                 "users_per_s": self.size / med, "users_per_s_min": self.size / slow,
@@ -335,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(methods) - set(CONFIG_NAMES)
     if unknown:
         parser.error(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(CONFIG_NAMES)}")
-    gathers, fuseds, factoreds = switch_settings(parser, args)
+    gathers, fuseds, factoreds, batcheds = switch_settings(parser, args)
     if args.rounds < 1 or args.batches < 1 or args.warmup < 0:
         parser.error("--rounds and --batches ≥ 1, --warmup ≥ 0")
     if args.devices == "auto":
@@ -347,15 +367,17 @@ def main(argv: list[str] | None = None) -> int:
     tasks = synthetic_tasks(min(args.users, 1024))
     orders = [o.strip() for o in args.orders.split(",") if o.strip()]
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    grid = setting_grid(methods, orders, gathers, fuseds, factoreds)
+    grid = setting_grid(methods, orders, gathers, fuseds, factoreds, batcheds)
 
     for device in devices:
         facts = machine_facts(device)  # before the benchmark loads the machine
-        timed = [Timed(name, path, order, device, tasks, gather=gather, fused=fused, factored=factored)
-                 for name, order, gather, fused, factored in grid for path in paths]
+        timed = [Timed(name, path, order, device, tasks, gather=gather, fused=fused, factored=factored, batched=bat)
+                 for name, order, gather, fused, factored, bat in grid for path in paths
+                 if not (bat and path == "loop")]  # the loop path never runs batched
         time_interleaved(timed, rounds=args.rounds, batches=args.batches, warmup=args.warmup)
         rows = [t.row(args.users) for t in timed]
         same = ("method", "order", "device", "gather_rows", "fused_memory_write", "factored_updates")
+        # vmap × compares with the loop of the same options; a batched row with the loop of the unbatched ones
         for row in rows:
             loop = [r for r in rows if r["path"] == "loop" and all(r[k] == row[k] for k in same)]
             row["vmap_speedup"] = row["users_per_s"] / loop[0]["users_per_s"] if row["path"] == "vmap" and loop \
@@ -385,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_table(rows: list[dict], users: int) -> None:
-    header = (f"{'method':<13}{'path':<6}{'order':<8}{'gather':<8}{'fused':<7}{'factored':<10}{'device':<8}"
+    header = (f"{'method':<13}{'path':<6}{'order':<8}{'gather':<8}{'fused':<7}{'factored':<10}{'batched':<9}"
+              f"{'device':<8}"
               f"{'users/s':>10}{'(min-max)':>16}{f'epoch s ({users})':>17}{'vmap ×':>8}")
     print(header)
     print("-" * len(header))
@@ -394,7 +417,8 @@ def _print_table(rows: list[dict], users: int) -> None:
         spread = f"{r['users_per_s_min']:.0f}-{r['users_per_s_max']:.0f}"
         print(f"{r['method']:<13}{r['path']:<6}{r['order']:<8}{'on' if r['gather_rows'] else 'off':<8}"
               f"{'on' if r['fused_memory_write'] else 'off':<7}{'on' if r['factored_updates'] else 'off':<10}"
-              f"{r['device']:<8}{r['users_per_s']:>10.1f}{spread:>16}{r['epoch_seconds']:>17.1f}{speed:>8}")
+              f"{'on' if r['batched_users'] else 'off':<9}{r['device']:<8}{r['users_per_s']:>10.1f}{spread:>16}"
+              f"{r['epoch_seconds']:>17.1f}{speed:>8}")
 
 
 if __name__ == "__main__":

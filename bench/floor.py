@@ -31,6 +31,8 @@ MovieLens-1M's shapes (15 support and 5 query ratings per user, ``bench_engine.s
    matmul count (``engine_matmul_flop_per_user``, counted on the factored run) and its measured time. The
    floor counts each local layer's weight gradient ``Δᵀ X`` as a dense matmul, which the factored path never
    forms, so its count can fall below the floor (MAML's does: the floor is that of the reference algorithm).
+   ``--batched on`` (``MetaLearner.batched_users``: the meta-batch as batched tensor operations, each local
+   weight updated by one ``baddbmm``) leaves the floor as it is too; its engine count is taken on its own run.
 2. **Floor ms per user**: each layer's FLOP divided by this CPU's sustained rate on that layer's matmul
    shape, measured as a batched product ``[B, m, k]·[B, k, n]`` over the ``B`` users of a meta-batch
    (the shape the ``vmap`` engine runs once weights are per user); backward matmuls are taken at the
@@ -50,6 +52,7 @@ one run on one machine).
     python bench/floor.py --configs maml,mamo-authors:first    # NAME:ORDER restricts one configuration's orders
     python bench/floor.py --configs mamo --gather off --fused off,on      # MAMO's memory write fused or not
     python bench/floor.py --configs maml,mamo-authors:first --gather off --factored off,on  # factored or not
+    python bench/floor.py --configs maml,mamo,mamo-authors --batched off,on   # the batched-users path or not
 """
 
 from __future__ import annotations
@@ -178,10 +181,12 @@ def memory_flop(learner: MetaLearner) -> float:
 
 
 def engine_matmul_flop(learner: MetaLearner, tasks, n_users: int = 2) -> float:
-    """Matmul FLOP per user the engine executes for one meta-gradient (per-user loop, ``torch.utils.flop_counter``)."""
+    """Matmul FLOP per user the engine executes for one meta-gradient (``torch.utils.flop_counter``; the per-user
+    loop, or the batched path where ``batched_users`` is on)."""
     counter = FlopCounterMode(display=False)
+    path = "vmap" if learner.batched_users else "loop"
     with counter:
-        meta_gradient(learner, tasks.select(torch.arange(n_users)), path="loop", with_aux=True)
+        meta_gradient(learner, tasks.select(torch.arange(n_users)), path=path, with_aux=True)
     return counter.get_total_flops() / n_users
 
 
@@ -230,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     orders = [o.strip() for o in args.orders.split(",") if o.strip()]
-    gathers, fuseds, factoreds = switch_settings(parser, args)
+    gathers, fuseds, factoreds, batcheds = switch_settings(parser, args)
     configs: list[tuple[str, list[str]]] = []  # (name, its orders)
     for item in (c.strip() for c in args.configs.split(",") if c.strip()):
         name, _, only = item.partition(":")
@@ -244,19 +249,19 @@ def main(argv: list[str] | None = None) -> int:
     facts = machine_facts("cpu")  # before this script loads the machine
     tasks = synthetic_tasks(256)
 
-    timed = [Timed(name, "vmap", order, "cpu", tasks, gather=gather, fused=fused, factored=factored,
+    timed = [Timed(name, "vmap", order, "cpu", tasks, gather=gather, fused=fused, factored=factored, batched=bat,
                    users_per_batch=args.users_per_batch)
              for cname, name_orders in configs
-             for name, order, gather, fused, factored
-             in setting_grid([cname], name_orders, gathers, fuseds, factoreds)]
+             for name, order, gather, fused, factored, bat
+             in setting_grid([cname], name_orders, gathers, fuseds, factoreds, batcheds)]
 
     # FLOP counts and the floor (per distinct matmul shape, at this CPU's batched rate); the floor depends on
-    # the configuration only, the engine's count also on what it runs (fused write, factored updates; not
-    # gathered rows)
+    # the configuration only, the engine's count also on what it runs (fused write, factored updates, batched
+    # users; not gathered rows)
     rates: dict[tuple[int, int, int], float] = {}
     floors = {}
     for t in timed:
-        key = (t.method, t.order, t.fused, t.factored)
+        key = (t.method, t.order, t.fused, t.factored, t.batched)
         if key in floors:
             continue
         f = flop_per_user(t.learner)
@@ -277,12 +282,13 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for t in timed:
-        fl = floors[(t.method, t.order, t.fused, t.factored)]
+        fl = floors[(t.method, t.order, t.fused, t.factored, t.batched)]
         ms_per_user = [1e3 * m / t.size for m in t.round_medians]
         med = statistics.median(ms_per_user)
         method, overrides = resolve(t.method)
         rows.append({"config": t.method, "method": method, "overrides": overrides, "order": t.order,
                      "gather_rows": t.gather, "fused_memory_write": t.fused, "factored_updates": t.factored,
+                     "batched_users": t.batched,
                      "users_per_batch": t.size, **fl,
                      "measured_ms_per_user": med, "measured_ms_per_user_min": min(ms_per_user),
                      "measured_ms_per_user_max": max(ms_per_user), "measured_ms_per_user_rounds": ms_per_user,
@@ -316,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_table(rows: list[dict]) -> None:
-    header = (f"{'configuration':<14}{'order':<7}{'gather':<7}{'fused':<6}{'factored':<9}{'MFLOP/user':>11}"
+    header = (f"{'configuration':<14}{'order':<7}{'gather':<7}{'fused':<6}{'factored':<9}{'batched':<8}"
+              f"{'MFLOP/user':>11}"
               f"{'engine MFLOP':>13}"
               f"{'floor ms':>10}{'measured ms':>13}{'(min-max)':>16}{'meas/floor':>11}")
     print(header)
@@ -325,6 +332,7 @@ def _print_table(rows: list[dict]) -> None:
         spread = f"{r['measured_ms_per_user_min']:.2f}-{r['measured_ms_per_user_max']:.2f}"
         print(f"{r['config']:<14}{r['order']:<7}{'on' if r['gather_rows'] else 'off':<7}"
               f"{'on' if r['fused_memory_write'] else 'off':<6}{'on' if r['factored_updates'] else 'off':<9}"
+              f"{'on' if r['batched_users'] else 'off':<8}"
               f"{r['flop_per_user'] / 1e6:>11.2f}{r['engine_matmul_flop_per_user'] / 1e6:>13.2f}"
               f"{r['floor_ms_per_user']:>10.3f}{r['measured_ms_per_user']:>13.2f}{spread:>16}"
               f"{r['measured_over_floor']:>11.1f}")

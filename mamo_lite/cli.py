@@ -102,7 +102,8 @@ what a checkpoint contains:
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_WRITE = 2, 3, 4
 
-FAST_PATHS_HELP = ("use the engine's faster equivalent paths: gathered embedding rows, factored local updates and "
+FAST_PATHS_HELP = ("use the engine's faster equivalent paths: the meta-batch as batched tensor operations, gathered "
+                   "embedding rows, factored local updates and "
                    "(MAMO) the memory write fused into the main pass; the same numbers to float rounding, not "
                    "bitwise (default: the reference path, which the book and `reproduce` use)")
 EXIT_HELP = """\

@@ -153,8 +153,8 @@ def test_fused_memory_write_is_timed_only_where_mamo_writes_m_u(bench_modules):
     assert bench_engine.has_fusable_write("mamo") and bench_engine.has_fusable_write("mamo-authors")
     assert not bench_engine.has_fusable_write("maml")
     grid = bench_engine.setting_grid(["maml", "mamo"], ["first"], ["off", "on"], ["off", "on"])
-    assert grid == [("maml", "first", False, False, False), ("maml", "first", True, False, False),
-                    ("mamo", "first", False, False, False), ("mamo", "first", False, True, False)]
+    assert grid == [("maml", "first", False, False, False, False), ("maml", "first", True, False, False, False),
+                    ("mamo", "first", False, False, False, False), ("mamo", "first", False, True, False, False)]
 
 
 def test_factored_updates_are_timed_only_where_the_default_per_user_algorithm_runs(bench_modules):
@@ -167,10 +167,33 @@ def test_factored_updates_are_timed_only_where_the_default_per_user_algorithm_ru
     assert not bench_engine.has_factored_path("s2meta") and not bench_engine.has_factored_path("greatmeta")
     grid = bench_engine.setting_grid(["maml", "s2meta", "greatmeta", "mamo-authors"], ["first"], ["off"], ["off"],
                                      ["off", "on"])
-    assert grid == [("maml", "first", False, False, False), ("maml", "first", False, False, True),
-                    ("s2meta", "first", False, False, False), ("greatmeta", "first", False, False, False),
-                    ("mamo-authors", "first", False, False, False), ("mamo-authors", "first", False, False, True)]
-    assert bench_engine.setting_grid(["maml"], ["first"], ["off"], ["off"]) == [("maml", "first", False, False, False)]
+    assert grid == [("maml", "first", False, False, False, False), ("maml", "first", False, False, True, False),
+                    ("s2meta", "first", False, False, False, False), ("greatmeta", "first", False, False, False, False),
+                    ("mamo-authors", "first", False, False, False, False),
+                    ("mamo-authors", "first", False, False, True, False)]
+    assert bench_engine.setting_grid(["maml"], ["first"], ["off"], ["off"]) == [("maml", "first", False, False, False,
+                                                                                 False)]
+
+
+def test_batched_users_are_timed_only_where_the_default_per_user_algorithm_runs(bench_modules):
+    """``--batched on`` for MAML, MeLU, MAMO (not s²Meta, GreatMeta), and only on the vmap path."""
+    _, bench_engine = bench_modules
+    assert bench_engine.build("maml", first_order=True, batched=True).batched_users is True
+    assert bench_engine.build("maml", first_order=True).batched_users is False  # opt-in
+    assert bench_engine.has_batched_path("melu") and bench_engine.has_batched_path("mamo-authors")
+    assert not bench_engine.has_batched_path("s2meta") and not bench_engine.has_batched_path("greatmeta")
+    grid = bench_engine.setting_grid(["melu", "s2meta"], ["first"], ["off"], ["off"], ["off"], ["off", "on"])
+    assert grid == [("melu", "first", False, False, False, False), ("melu", "first", False, False, False, True),
+                    ("s2meta", "first", False, False, False, False)]
+
+
+def test_bench_engine_quick_times_batched_users(tmp_path):
+    run, report = _bench_engine_quick(tmp_path, "--methods", "maml", "--paths", "vmap,loop", "--batched", "off,on")
+    assert "batched" in run.stdout.splitlines()[0]
+    rows = report["results"]
+    assert [(r["path"], r["batched_users"]) for r in rows] == [("vmap", False), ("loop", False), ("vmap", True)]
+    assert all(r["finite_loss"] for r in rows)
+    assert rows[2]["vmap_speedup"] > 0  # against the loop of the same options
 
 
 def test_bench_engine_quick_times_factored_updates(tmp_path):
@@ -266,14 +289,16 @@ def test_authors_configuration_specs(monkeypatch):
 
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
     authors = importlib.import_module("authors")
-    assert authors.parse_config("mamo-authors+gather+fused+factored") == ("mamo-authors", True, True, True)
-    assert authors.parse_config("mamo+factored") == ("mamo", False, False, True)
-    assert authors.parse_config("mamo") == ("mamo", False, False, False)
+    assert authors.parse_config("mamo-authors+gather+fused+factored") == ("mamo-authors", True, True, True, False)
+    assert authors.parse_config("mamo+batched") == ("mamo", False, False, False, True)
+    assert authors.parse_config("mamo+factored") == ("mamo", False, False, True, False)
+    assert authors.parse_config("mamo") == ("mamo", False, False, False, False)
     with pytest.raises(ValueError, match="unknown flag"):
         authors.parse_config("mamo-authors+gather+faster")
     assert [authors.parse_config(c) for c in authors.DEFAULT_CONFIGS.split(",")] == [
-        ("mamo-authors", False, False, False), ("mamo-authors", True, True, False),
-        ("mamo-authors", True, True, True), ("mamo", False, False, False), ("mamo", False, False, True)]
+        ("mamo-authors", False, False, False, False), ("mamo-authors", True, True, False, False),
+        ("mamo-authors", True, True, True, False), ("mamo-authors", True, True, False, True),
+        ("mamo", False, False, False, False), ("mamo", False, False, False, True)]
 
 
 def test_authors_script_refuses_an_absent_or_unprepared_checkout(tmp_path):
