@@ -549,11 +549,17 @@ def test_factored_updates_refuse_another_recommender():
 BATCHED_CASES = {"mamo-authors-per-item": ("mamo", {**TINY_MAMO_AUTHORS, "local_update": "per-item"})}
 
 
+@pytest.mark.parametrize("layers", ["dense", "factored", "chosen"])
 @pytest.mark.parametrize("first_order", [True, False], ids=["first", "second"])
 @pytest.mark.parametrize("case", [*FACTORED_CASES, *BATCHED_CASES])
-def test_batched_users_equal_the_plain_path(float64, case, first_order):
+def test_batched_users_equal_the_plain_path(float64, monkeypatch, case, first_order, layers):
     """``batched_users``: the same query losses, meta-gradients (Eq. 12), aux (memory writes), predictions, and two
-    whole meta-steps (first order updates the adapted weights in place: the second step would see any damage)."""
+    whole meta-steps (first order updates the adapted weights in place: the second step would see any damage);
+    with every local layer a dense per-user weight, every one in factored form, and the package's choice."""
+    from mamo_lite.meta import batched
+
+    rank = {"dense": 0.0, "factored": 1e9, "chosen": batched.FACTOR_RANK}[layers]
+    monkeypatch.setattr(batched, "FACTOR_RANK", rank)
     learner = _factored_learner(case, first_order)
     batch = tiny_batch(SPEC, n_users=4, masks="ragged", seed=33)
     twin = copy.deepcopy(learner)
@@ -598,6 +604,17 @@ def test_batched_users_leave_methods_with_their_own_algorithm_alone(method):
 
     learner = build_learner(method, SPEC)
     assert not batched.applies(learner)
+
+
+def test_batched_layers_take_the_cheaper_form():
+    """A layer stays in factored form when its final rank r keeps r·(in + out) ≤ FACTOR_RANK·in·out: MAML's one
+    step on 15 support rows keeps the 400×200 item layer factored, MAMO's authors' nine steps make it dense."""
+    from mamo_lite.meta import batched
+
+    w = torch.zeros(200, 400)
+    assert batched._factored(15, w) and not batched._factored(135, w)
+    assert batched._factored(9, torch.zeros(150, 300))  # the user tower: one row per step
+    assert not batched._factored(15, torch.zeros(1, 100))  # a regression output layer: dense is cheaper
 
 
 def test_batched_building_blocks_equal_their_per_user_forms(float64):

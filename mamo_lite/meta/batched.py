@@ -13,9 +13,11 @@ module computes the same quantities for the whole batch with ordinary batched te
   tensor, so its products with the batch's rows are one matrix product for all users;
 * each local step (Eq. 11) takes the loss gradient w.r.t. each local linear layer's *output* (``Δ``, via a
   zero "tap", as :mod:`mamo_lite.meta.factored` does) and the layer's input ``X`` from one forward and one
-  backward pass, and updates the weight in one fused kernel, ``θ ← θ − ρ Δᵀ X``
-  (``torch.baddbmm``): ``∇_θ L_S = Δᵀ X`` is the same weight gradient the reference path gets from autograd,
-  never materialised on its own. Biases and embedding rows take ``θ ← θ − ρ g`` as before;
+  backward pass: ``∇_θ L_S = Δᵀ X`` is the weight gradient the reference path gets from autograd, never
+  materialised on its own. A layer whose factors stay small (:data:`FACTOR_RANK`: MAML's and the book's
+  MAMO's single step) keeps them, ``θ̂ = θ_0 − ρ Σ_j Δ_jᵀ X_j``, with no per-user copy at all; any other is a
+  dense per-user weight updated in one fused kernel, ``θ ← θ − ρ Δᵀ X`` (``torch.baddbmm``, in place at first
+  order). Biases and embedding rows take ``θ ← θ − ρ g`` as before;
 * the users of a batch are independent, so the gradient of the *sum* of their support losses w.r.t. a
   per-user tensor is each user's own gradient: one backward pass gives all of them.
 
@@ -27,6 +29,8 @@ used by the ``"vmap"`` path when it applies (:func:`applies`); the ``"loop"`` pa
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -75,58 +79,87 @@ def _parts(local_update: str, task: dict) -> list[dict]:
              "support_x": {k: v[:, j:j + 1] for k, v in task["support_x"].items()}} for j in range(n)]
 
 
-def _losses(model: EmbeddingRecommender, weights: Params, task: dict, which: str, taps: Params | None = None,
-            inputs: Params | None = None) -> Tensor:
-    """Each user's masked loss on its ``support`` or ``query`` set, ``[B]`` (the batched ``task_loss``)."""
-    out = factored.forward(model, weights, {}, 0.0, task["user_x"], task[f"{which}_x"], taps, inputs)
+def _losses(model: EmbeddingRecommender, weights: Params, factors: factored.Factors, lr: float, task: dict, which: str,
+            taps: Params | None = None, inputs: Params | None = None) -> Tensor:
+    """Each user's masked loss on its ``support`` or ``query`` set, ``[B]`` (the batched ``factored.loss``)."""
+    out = factored.forward(model, weights, factors, lr, task["user_x"], task[f"{which}_x"], taps, inputs)
     return rating_loss(out, task[f"{which}_y"], task[f"{which}_mask"], head=model.config.head,
                        rating_min=model.spec.rating_min, per_user=True)
 
 
+FACTOR_RANK = 0.5
+"""A local layer ``[out, in]`` is adapted in factored form when its final rank ``r`` (support rows × local steps)
+keeps ``r·(in + out) ≤ FACTOR_RANK · in·out``, and as a dense per-user weight otherwise (measured on 2 CPU
+cores, MovieLens-1M's shapes: factors win with MAML's one step, dense weights with MAMO's authors' nine)."""
+
+
+def _factored(rank: int, weight: Tensor) -> bool:
+    out_f, in_f = weight.shape[-2:]
+    return rank * (in_f + out_f) <= FACTOR_RANK * in_f * out_f
+
+
 def adapt(model: EmbeddingRecommender, params: Params, fast: Params, task: dict, users: int, *, steps: int,
-          lr: float, first_order: bool, local_update: str = "batch") -> Params:
+          lr: float, first_order: bool, local_update: str = "batch") -> tuple[Params, factored.Factors]:
     """Eq. 11 for a batch of users: ``steps`` passes of ``θ ← θ − ρ ∇_θ L_S(θ)`` over each user's support set.
 
     ``fast`` holds each local tensor either shared (still ``φ``: the shape of the parameter) or per user
-    (a leading dimension of ``users``); the result holds every tensor that a step changed per user. Local
-    linear weights are updated as ``θ − ρ Δᵀ X`` in one ``baddbmm``; with ``first_order`` the inner
-    gradients are detached (FOMAML), otherwise the graph through every step is kept.
+    (a leading dimension of ``users``). Returns ``(dense, factors)`` as :func:`mamo_lite.meta.factored.adapt`
+    does, with a leading user dimension. A local linear layer whose final rank is small (:data:`FACTOR_RANK`)
+    stays ``θ_0 − ρ Δ_allᵀ X_all`` (its factors, no per-user copy: a shared ``θ_0 = φ`` stays one matrix
+    product for the whole batch); any other is a dense per-user weight that each step updates as
+    ``θ − ρ Δᵀ X`` in one ``baddbmm`` (in place at first order, after the first). Biases and embedding rows take
+    ``θ ← θ − ρ g``. With ``first_order`` the inner gradients are detached (FOMAML), otherwise the graph through
+    every step is kept.
     """
     names = factored.factored_layers(model, fast)
     weight_keys = {f"{n}.weight" for n in names}
     shapes = dict(model.named_parameters())
     dense = dict(fast)
-    own: set[str] = set()
+    factors: factored.Factors = {}
+    parts = _parts(local_update, task)
+    ranks = {n: 0 for n in names}  # support rows × steps: the rank the factors would reach
+    for part in parts:
+        for n, shape in factored._output_shapes(model, names, part).items():
+            ranks[n] += steps * math.prod(shape[1:-1])
+    dense_layers = {n for n in names if not _factored(ranks[n], fast[f"{n}.weight"])}
+    own: set[str] = set()  # dense weights this loop made: nothing else reads their old values
     for _ in range(steps):
-        for part in _parts(local_update, task):
+        for part in parts:
             rows = factored._output_shapes(model, names, part)
             taps = {n: fast[f"{n}.weight"].new_zeros(rows[n]).requires_grad_() for n in names}
             per_user = {k: _per_user_copy(v, users, shapes[k]) for k, v in dense.items() if k not in weight_keys}
             if first_order:  # the support pass needs no graph to φ: its gradients are detached anyway
                 movable = {k: v.detach().requires_grad_() for k, v in per_user.items()}
                 weights = {**{k: v.detach() for k, v in {**params, **dense}.items()}, **movable}
+                current = {k: (x.detach(), d.detach()) for k, (x, d) in factors.items()}
             else:
                 movable = per_user
                 weights = {**params, **dense, **movable}
+                current = factors
             seen: Params = {}
-            total = _losses(model, weights, part, "support", taps, seen).sum()
+            total = _losses(model, weights, current, lr, part, "support", taps, seen).sum()
             grads = torch.autograd.grad(total, [*taps.values(), *movable.values()], create_graph=not first_order,
                                         allow_unused=True, materialize_grads=True)
             deltas, g = dict(zip(taps, grads[:len(taps)])), dict(zip(movable, grads[len(taps):]))
             dense.update({k: torch.add(per_user[k], g[k], alpha=-lr) for k in per_user})
             for n in names:
                 key = f"{n}.weight"
-                x = seen[n].detach() if first_order else seen[n]
                 w = dense[key]
-                d_t = deltas[n].reshape(users, -1, w.shape[-2]).mT
+                x = seen[n].detach() if first_order else seen[n]
                 x = x.reshape(users, -1, w.shape[-1])
-                if first_order and key in own:  # a tensor this loop made: nothing else reads its old value
-                    w.baddbmm_(d_t, x, alpha=-lr)
-                    continue
-                w = w if w.dim() == 3 else w.expand(users, *w.shape)
-                dense[key] = torch.baddbmm(w, d_t, x, alpha=-lr)
-                own.add(key)
-    return dense
+                delta = deltas[n].reshape(users, -1, w.shape[-2])
+                if n not in dense_layers:
+                    if n in factors:
+                        x0, d0 = factors[n]
+                        x, delta = torch.cat([x0, x], 1), torch.cat([d0, delta], 1)
+                    factors[n] = (x, delta)
+                elif first_order and n in own:
+                    w.baddbmm_(delta.mT, x, alpha=-lr)
+                else:
+                    w = w if w.dim() == 3 else w.expand(users, *w.shape)
+                    dense[key] = torch.baddbmm(w, delta.mT, x, alpha=-lr)
+                    own.add(n)
+    return dense, factors
 
 
 def _start(learner, params: Params, memories: dict, inputs: dict) -> tuple[Params, dict, dict]:
@@ -152,17 +185,18 @@ def query_losses(learner, params: Params, memories: dict, inputs: dict, *, with_
     cfg = learner.config
     users = inputs["support_y"].shape[0]
     fast, context, task = _start(learner, params, memories, inputs)
-    fast = adapt(learner.model, params, fast, task, users, steps=cfg.inner_steps, lr=cfg.local_lr,
-                 first_order=cfg.first_order, local_update=cfg.local_update)
+    fast, factors = adapt(learner.model, params, fast, task, users, steps=cfg.inner_steps, lr=cfg.local_lr,
+                          first_order=cfg.first_order, local_update=cfg.local_update)
     shapes = dict(learner.model.named_parameters())
-    if taps:
+    if taps:  # a zero added to θ_0 is a zero added to θ̂ = θ_0 − ρ Δᵀ X
         fast = {**fast, **{n: _per_user_copy(fast[n], users, shapes[n]) + z for n, z in taps.items()}}
-    losses = _losses(learner.model, {**params, **fast}, task, "query")
+    losses = _losses(learner.model, {**params, **fast}, factors, cfg.local_lr, task, "query")
     if not with_aux:
         return losses, {}
     reads = learner.aux_reads()
     names = list(fast) if reads is None else reads
-    adapted = {n: _per_user_copy(fast[n], users, shapes[n]) for n in names}
+    adapted = factored.materialise(fast, factors, cfg.local_lr, names)
+    adapted = {n: _per_user_copy(adapted[n], users, shapes[n]) for n in names}
     aux = vmap(lambda f, c, t: learner.user_aux(params, f, c, t))(adapted, _batched(context, users), task)
     return losses, aux
 
@@ -202,7 +236,8 @@ def predictions(learner, params: Params, memories: dict, inputs: dict, steps: in
     users = inputs["support_y"].shape[0]
     fast, _, task = _start(learner, params, memories, inputs)
     with torch.enable_grad():
-        fast = adapt(learner.model, params, fast, task, users, steps=cfg.inner_steps if steps is None else steps,
-                     lr=cfg.local_lr, first_order=True, local_update=cfg.local_update)
-    out = factored.forward(learner.model, {**params, **fast}, {}, 0.0, task["user_x"], task["query_x"])
+        fast, factors = adapt(learner.model, params, fast, task, users,
+                              steps=cfg.inner_steps if steps is None else steps, lr=cfg.local_lr, first_order=True,
+                              local_update=cfg.local_update)
+    out = factored.forward(learner.model, {**params, **fast}, factors, cfg.local_lr, task["user_x"], task["query_x"])
     return prediction_from_output(out, head=learner.model.config.head, rating_min=learner.model.spec.rating_min)

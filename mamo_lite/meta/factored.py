@@ -74,6 +74,15 @@ def apply_linear(z: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     return h + b.reshape(b.shape[0], *([1] * (z.dim() - 2)), b.shape[-1])
 
 
+def low_rank(z: Tensor, x_all: Tensor, d_all: Tensor) -> Tensor:
+    """``(z X_allᵀ) Δ_all``: what the factors change in a layer's output; factors ``[B, r, ·]`` with a leading user
+    dimension (:mod:`mamo_lite.meta.batched`) apply to ``z`` ``[B, ..., in]`` user by user."""
+    if x_all.dim() == 2:
+        return (z @ x_all.mT) @ d_all
+    rows = z.reshape(z.shape[0], -1, z.shape[-1])
+    return torch.bmm(torch.bmm(rows, x_all.mT), d_all).reshape(*z.shape[:-1], d_all.shape[-1])
+
+
 def forward(model: EmbeddingRecommender, weights: Params, factors: Factors, lr: float, user_x: Tensor,
             item_x: dict[str, Tensor], taps: Params | None = None,
             inputs: dict[str, Tensor] | None = None) -> Tensor:
@@ -87,8 +96,7 @@ def forward(model: EmbeddingRecommender, weights: Params, factors: Factors, lr: 
     def linear(name: str, z: Tensor) -> Tensor:
         h = apply_linear(z, weights[f"{name}.weight"], weights.get(f"{name}.bias"))
         if name in factors:
-            x_all, d_all = factors[name]
-            h = h - lr * ((z @ x_all.mT) @ d_all)
+            h = h - lr * low_rank(z, *factors[name])
         if taps is not None and name in taps:
             h = h + taps[name]
             if inputs is not None:
