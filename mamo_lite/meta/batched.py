@@ -53,16 +53,18 @@ def applies(learner) -> bool:
     return default and type(learner.model) is EmbeddingRecommender
 
 
-def _per_user(fn, *trees):
-    """``vmap(fn)(*trees)``, with each output that does not depend on the user (an expanded view of one tensor,
-    stride 0 over users) given back as that one shared tensor."""
-    out = vmap(fn)(*trees)
-    return tuple(_shared(t) if isinstance(t, dict) else t for t in out) if isinstance(out, tuple) else _shared(out)
+def _per_user(fn, inputs: dict, params: Params) -> tuple:
+    """``vmap(fn)(inputs)`` (a tuple of dicts), with each output that does not depend on the user (``vmap`` gives an
+    expanded view, stride 0 over users) given back as one shared tensor: the parameter itself where it is one
+    (so the meta-gradient reaches ``φ`` without a per-user zero-filled gradient summed over users)."""
+    by_storage = {(p.data_ptr(), tuple(p.shape), p.stride()): p for p in params.values()}
 
+    def shared(v):
+        if not isinstance(v, Tensor) or v.dim() == 0 or v.shape[0] == 0 or v.stride(0) != 0:
+            return v
+        return by_storage.get((v.data_ptr(), tuple(v.shape[1:]), v.stride()[1:]), v[0])
 
-def _shared(tree: dict) -> dict:
-    return {k: (v[0] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] > 0 and v.stride(0) == 0 else v)
-            for k, v in tree.items()}
+    return tuple({k: shared(v) for k, v in t.items()} for t in vmap(fn)(inputs))
 
 
 def _per_user_copy(t: Tensor, users: int, like: Tensor) -> Tensor:
@@ -172,7 +174,7 @@ def _start(learner, params: Params, memories: dict, inputs: dict) -> tuple[Param
             fast, task = gather_rows(learner.model, fast, task)
         return fast, context, task
 
-    return _per_user(start, inputs)
+    return _per_user(start, inputs, params)
 
 
 def query_losses(learner, params: Params, memories: dict, inputs: dict, *, with_aux: bool = False,
