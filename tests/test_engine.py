@@ -555,12 +555,14 @@ BATCHED_CASES = {"mamo-authors-per-item": ("mamo", {**TINY_MAMO_AUTHORS, "local_
 def test_batched_users_equal_the_plain_path(float64, monkeypatch, case, first_order, layers):
     """``batched_users``: the same query losses, meta-gradients (Eq. 12), aux (memory writes), predictions, and two
     whole meta-steps (first order updates the adapted weights in place: the second step would see any damage);
-    with every local layer a dense per-user weight, every one in factored form, and the package's choice."""
+    with every local layer a dense per-user weight, every one in factored form, and the package's choice (then with
+    the batch split over two threads, ``batched_threads``)."""
     from mamo_lite.meta import batched
 
     rank = {"dense": 0.0, "factored": 1e9, "chosen": batched.FACTOR_RANK}[layers]
     monkeypatch.setattr(batched, "FACTOR_RANK", rank)
     learner = _factored_learner(case, first_order)
+    learner.batched_threads = 2 if layers == "chosen" else 1
     batch = tiny_batch(SPEC, n_users=4, masks="ragged", seed=33)
     twin = copy.deepcopy(learner)
     before = {n: p.detach().clone() for n, p in learner.params().items()}
@@ -589,6 +591,8 @@ def test_batched_users_run_through_the_batched_module_only_on_the_vmap_path(monk
     monkeypatch.setattr(batched, "adapt", lambda *a, **k: calls.append(1) or real(*a, **k))
     learner = tiny_learner("maml").use_fast_paths()
     assert learner.batched_users and batched.applies(learner)
+    assert learner.batched_threads == torch.get_num_threads()  # one group of users per intra-op thread
+    learner.batched_threads = 1
     batch = tiny_batch(SPEC, n_users=3, seed=34)
     meta_gradient(learner, batch, path="loop")
     predict(learner, batch, path="loop")
@@ -640,3 +644,26 @@ def test_batched_building_blocks_equal_their_per_user_forms(float64):
         one_by_one = torch.stack([rating_loss(o[u], y[u], mask[u], head=head, rating_min=1.0) for u in range(3)])
         torch.testing.assert_close(per_user, one_by_one)
     assert per_user[2] == 0  # a user without ratings: zero, not NaN
+
+
+def test_batched_gather_keeps_each_distinct_row_once(float64):
+    """The batched gather: per user, one fast row per distinct index (padded to the batch's largest count, index 0
+    first), and the recommender reads the same values through it as through the whole tables."""
+    from mamo_lite.meta import batched
+    from mamo_lite.meta.engine import _embedding_sites, _site
+    from mamo_lite.meta.factored import forward
+
+    learner = tiny_learner("maml")
+    params = {n: p.detach() for n, p in learner.params().items()}
+    inputs = tiny_batch(SPEC, n_users=3, masks="ragged", seed=36).inputs()
+    fast = {n: params[n] for n in learner.local_names()}
+    rows, task = batched.gather_rows(learner.model, fast, inputs)
+    for name, sites in _embedding_sites(learner.model):
+        touched = [torch.cat([torch.zeros(1, dtype=torch.long)] + [_site(inputs, s)[b].reshape(-1) for s in sites])
+                   for b in range(3)]
+        assert rows[name].shape[:2] == (3, max(len(t.unique()) for t in touched))
+        for b in range(3):
+            distinct = len(touched[b].unique())
+            torch.testing.assert_close(rows[name][b, :distinct], params[name][touched[b].unique()])
+    with_rows = forward(learner.model, {**params, **rows}, {}, 0.0, task["user_x"], task["query_x"])
+    torch.testing.assert_close(with_rows, learner.model(inputs["user_x"], inputs["query_x"]))

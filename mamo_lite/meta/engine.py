@@ -17,7 +17,8 @@ padded, masked batch of users.
 Where embedding tables are local (MAML, MetaCS-DNN, MAMO with every group local), the plain path gives
 each user, at each step, a full copy of every table. ``MetaLearner.gather_rows = True`` (opt-in) gives a
 user only the rows its own inputs touch (:func:`gather_rows`); the results equal the plain path's to
-float rounding.
+float rounding. ``MetaLearner.batched_users = True`` (opt-in) runs the ``"vmap"`` path's meta-batch as
+batched tensor operations instead (:mod:`mamo_lite.meta.batched`), with the same results to float rounding.
 """
 
 from __future__ import annotations
@@ -168,11 +169,21 @@ class MetaLearner(nn.Module):
     materialised. Results equal the plain path's to float rounding (tests), first and second order,
     ``"batch"`` and ``"per-item"`` local updates, with or without ``gather_rows``. It pays most with
     several local steps on large layers (MAMO's authors' configuration: 9 steps, every layer local).
+
+    ``batched_users`` (an engine option like ``gather_rows``, default ``False``) has the ``"vmap"`` path run the
+    whole meta-batch as batched tensor operations with plain autograd instead of a per-user function under
+    ``vmap`` (:mod:`mamo_lite.meta.batched`): each local linear layer in factored form or as a dense per-user
+    weight updated by one fused ``baddbmm``, whichever costs less, and ``φ`` shared until a step changes it.
+    Same results to float rounding (tests), first and second order; it applies where the default per-user
+    algorithm runs on an :class:`~mamo_lite.models.recommender.EmbeddingRecommender` (MAML, MeLU, MetaCS-DNN,
+    MAMO), takes precedence over ``factored_updates`` there, and leaves the ``"loop"`` path (the reference)
+    alone. It is the fastest path on a CPU for every configuration measured (``bench/floor.py``).
     """
 
     gather_rows: bool = False
     factored_updates: bool = False
     batched_users: bool = False
+    batched_threads: int = 1
 
     def __init__(self, model: EmbeddingRecommender, config: MetaConfig) -> None:
         super().__init__()
@@ -185,6 +196,7 @@ class MetaLearner(nn.Module):
         plus what a subclass adds (MAMO: ``fused_memory_write``). Results equal the reference path's to float
         rounding, not bitwise, so the book's chapters and ``reproduce`` keep them off. Returns ``self``."""
         self.gather_rows = self.factored_updates = self.batched_users = bool(on)
+        self.batched_threads = max(1, torch.get_num_threads()) if on else 1
         return self
 
     # -- which parameters ------------------------------------------------------------------
@@ -368,6 +380,12 @@ def gather_rows(model: nn.Module, fast: Params, task: dict) -> tuple[Params, dic
         for s, p in zip(sites, pieces):
             local[s] = first[start:start + p.numel()].reshape(p.shape)
             start += p.numel()
+    return fast, reindexed(task, local)
+
+
+def reindexed(task: dict, local: dict[tuple[str, str | None, int | None], Tensor]) -> dict:
+    """``task`` with the indices of each embedding site (:func:`_embedding_sites`) replaced by ``local[site]`` (the
+    positions of its rows in a gathered table); sites not in ``local`` keep theirs. Any leading dimensions."""
     task = dict(task)
     for which in ("user_x", "support_x", "query_x"):
         mine = {s: v for s, v in local.items() if s[0] == which}
@@ -385,7 +403,7 @@ def gather_rows(model: nn.Module, fast: Params, task: dict) -> tuple[Params, dic
             else:
                 items[key] = mine[(which, key, None)]
         task[which] = items
-    return fast, task
+    return task
 
 
 def _support_parts(learner: MetaLearner, task: dict) -> list[dict]:
@@ -530,7 +548,7 @@ def predict(learner: MetaLearner, batch: TaskBatch, *, path: Path = "vmap", chun
     with torch.enable_grad():
         for sub in batch.batches(chunk):
             if path == "vmap" and learner.batched_users and batched.applies(learner):
-                outs.append(batched.predictions(learner, params, memories, learner.batch_inputs(sub), steps).detach())
+                outs.append(batched.predict(learner, params, memories, sub, steps).detach())
                 continue
             outs.append(map_users(lambda task: learner.user_predictions(params, memories, task, steps),
                                   learner.batch_inputs(sub), path, len(sub)).detach())
