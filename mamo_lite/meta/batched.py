@@ -206,7 +206,19 @@ def gather_rows(model: EmbeddingRecommender, fast: Params, task: dict) -> tuple[
             width = p[0].numel()
             local[s] = slot[:, start:start + width].reshape(p.shape)
             start += width
+            if s[2] is None:  # a multi-valued field: its pooling as weights over the rows (one bmm per pass)
+                local[s] = _bag(local[s], p > 0, rows, fast[name].dtype, model.config.multi_pooling)
     return fast, reindexed(task, local)
+
+
+def _bag(positions: Tensor, valid: Tensor, rows: int, dtype: torch.dtype, pooling: str) -> Tensor:
+    """``[B, N, rows]`` pooling weights: item ``n`` of user ``b`` puts ``1`` (``"sum"``) or ``1/count`` (``"mean"``)
+    on the row of each of its valid slots, so ``bag @ rows`` is the masked pooling of
+    :meth:`~mamo_lite.models.recommender.EmbeddingRecommender.item_profile_vector`."""
+    weight = valid.to(dtype)
+    if pooling == "mean":
+        weight = weight / weight.sum(-1, keepdim=True).clamp(min=1.0)
+    return weight.new_zeros(*positions.shape[:-1], rows).scatter_add_(-1, positions, weight)
 
 
 def _start(learner, params: Params, memories: dict, inputs: dict) -> tuple[Params, dict, dict]:

@@ -179,6 +179,10 @@ class EmbeddingRecommender(nn.Module):
     def item_profile_vector(self, item_x: dict[str, Tensor], params: dict[str, Tensor] | None = None) -> Tensor:
         """``p_i``: categorical embeddings and pooled multi-hot projections, ``[..., N, d_i]``.
 
+        A multi-valued field is given by its indices (``[..., N, slots]``, 0 is padding), or, with one table per user
+        (``[B, L, d]``), by a float "bag" ``[B, N, L]`` of pooling weights over the table's rows (what
+        :func:`mamo_lite.meta.batched.gather_rows` builds): then ``p_i``'s part is ``bag @ table``.
+
         ``params`` overrides the module's own tables, as in :meth:`user_profile_vector`.
         """
         parts = []
@@ -190,6 +194,9 @@ class EmbeddingRecommender(nn.Module):
             if f.kind == "categorical":
                 parts.append(lookup(cat[..., j], w))
                 j += 1
+            elif item_x[f.name].is_floating_point():
+                # a bag (mamo_lite.meta.batched): each item's pooling weights over the rows of ``w`` ([B, L, d])
+                parts.append(item_x[f.name] @ w)
             else:
                 idx = item_x[f.name]
                 mask = (idx > 0).unsqueeze(-1).to(w.dtype)
