@@ -183,10 +183,14 @@ def memory_flop(learner: MetaLearner) -> float:
 def engine_matmul_flop(learner: MetaLearner, tasks, n_users: int = 2) -> float:
     """Matmul FLOP per user the engine executes for one meta-gradient (``torch.utils.flop_counter``; the per-user
     loop, or the batched path where ``batched_users`` is on)."""
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False)  # thread-local: the batched path counts in this thread only
     path = "vmap" if learner.batched_users else "loop"
-    with counter:
-        meta_gradient(learner, tasks.select(torch.arange(n_users)), path=path, with_aux=True)
+    threads, learner.batched_threads = learner.batched_threads, 1
+    try:
+        with counter:
+            meta_gradient(learner, tasks.select(torch.arange(n_users)), path=path, with_aux=True)
+    finally:
+        learner.batched_threads = threads
     return counter.get_total_flops() / n_users
 
 
