@@ -33,7 +33,7 @@ of its test split; each user is 15 support and 5 query ratings, the first 20 in 
   (``mamo-authors``: MAMO matched to the authors' code, 9 local steps, every group local, their sizes),
   ``+gather`` sets ``MetaLearner.gather_rows``, ``+fused`` ``MAMOLearner.fused_memory_write`` and
   ``+factored`` ``MetaLearner.factored_updates`` (local linear layers kept as ``θ_0`` plus the factors of
-  their local steps, which pays most with several local steps on large layers) and ``+batched``
+  their local steps) and ``+batched``
   ``MetaLearner.batched_users`` (the meta-batch as batched tensor operations, :mod:`mamo_lite.meta.batched`).
 
 Both sides first run a warm-up (a few users, not timed). Every run is its own subprocess with the same

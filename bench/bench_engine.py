@@ -30,8 +30,8 @@ with the authors' code. ``--gather on`` times the engine's gathered-row path
 ``mamo-authors``); ``--fused on`` times MAMO's memory write taken from the main pass
 (``MAMOLearner.fused_memory_write``) instead of its separate forward and backward pass (Eq. 6);
 ``--factored on`` times the local linear layers kept as ``θ_0`` plus the factors of their local steps
-(``MetaLearner.factored_updates``), which pays most with several local steps on large layers
-(``mamo-authors``) and changes nothing for s²Meta and GreatMeta (they replace the per-user algorithm);
+(``MetaLearner.factored_updates``), which pays with one local step (factors of rank 15) more than with
+nine (``mamo-authors``: rank 135) and changes nothing for s²Meta and GreatMeta (they replace the per-user algorithm);
 ``--batched on`` times the whole meta-batch run as batched tensor operations with plain autograd
 (``MetaLearner.batched_users``, :mod:`mamo_lite.meta.batched`) instead of a per-user function under
 ``vmap``, split over torch's thread count (``batched_threads``, as ``use_fast_paths()`` sets it; ``vmap``

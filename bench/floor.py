@@ -26,8 +26,7 @@ MovieLens-1M's shapes (15 support and 5 query ratings per user, ``bench_engine.s
    what one meta-step needs, not what the engine does. ``engine_matmul_flop_per_user`` is what the engine
    actually executes, counted by ``torch.utils.flop_counter`` on the per-user loop; the difference is
    the work the engine does beyond the floor. ``--factored on`` (``MetaLearner.factored_updates``: each
-   local linear layer kept as ``θ_0`` plus the factors of its local steps, which pays most with several
-   local steps on large layers) leaves the floor as it is and changes only what the engine executes: its
+   local linear layer kept as ``θ_0`` plus the factors of its local steps) leaves the floor as it is and changes only what the engine executes: its
    matmul count (``engine_matmul_flop_per_user``, counted on the factored run) and its measured time. The
    floor counts each local layer's weight gradient ``Δᵀ X`` as a dense matmul, which the factored path never
    forms, so its count can fall below the floor (MAML's does: the floor is that of the reference algorithm).

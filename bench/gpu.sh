@@ -28,9 +28,14 @@ for method in $(python -c 'from mamo_lite.methods import METHODS; print(" ".join
     --out "$OUT/runs/$method" --overwrite --no-progress > "$OUT/train-$method.log"
   tail -n 3 "$OUT/train-$method.log"
 done
+for method in maml mamo; do  # and on the faster equivalent paths (the batched path on the GPU)
+  python -m mamo_lite train --method "$method" --dataset synthetic --preset smoke --device cuda --fast-paths \
+    --out "$OUT/runs/$method-fast" --overwrite --no-progress > "$OUT/train-$method-fast.log"
+  tail -n 3 "$OUT/train-$method-fast.log"
+done
 
 echo "[gpu] 3/4 engine benchmark on the GPU"
-python bench/bench_engine.py --devices cuda --out bench/results/engine-{device}.json
+python bench/bench_engine.py --devices cuda --batched off,on --out bench/results/engine-{device}.json
 
 echo "[gpu] 4/4 the same small Table-1 run on the CPU and on the GPU"
 rows=("global median" "MAML" "MAMO" "DNN")

@@ -27,6 +27,7 @@ child process.
 
     python bench/stalls.py                 # 200 steps per method and setting (a few minutes on 2 cores)
     python bench/stalls.py --quick         # seconds: MeLU, unset vs PASSIVE at 2 threads, a few steps
+    python bench/stalls.py --fast-paths --out bench/results/stalls-fast-cpu.json   # on the faster equivalent paths
     python bench/stalls.py --policies unset,PASSIVE --threads 2 --steps 400 --methods melu
 
 Writes ``bench/results/stalls-cpu.json`` (``--out``).
@@ -121,7 +122,8 @@ def check_entry_points(names: list[str] | None = None) -> list[dict]:
 
 # -- the child: time single meta-steps under one setting -------------------------------------------
 
-def child(policy: str, threads: int, methods: list[str], steps: int, warmup: int, users: int, start: int) -> dict:
+def child(policy: str, threads: int, methods: list[str], steps: int, warmup: int, users: int, start: int,
+          fast_paths: bool = False) -> dict:
     """Time ``steps`` meta-steps per method in this process (torch imported here, before ``mamo_lite``)."""
     policy_at_import = os.environ.get("OMP_WAIT_POLICY")
     import torch  # first: an unset OMP_WAIT_POLICY must stay unset when OpenMP loads
@@ -138,6 +140,7 @@ def child(policy: str, threads: int, methods: list[str], steps: int, warmup: int
     for method in methods:
         torch.manual_seed(0)
         learner = build_learner(method, data.spec, "synthetic", overrides={"users_per_batch": users})
+        learner.use_fast_paths(fast_paths)
         optimizer = make_optimizer(learner)
         pos = start * users
 
@@ -163,11 +166,11 @@ def child(policy: str, threads: int, methods: list[str], steps: int, warmup: int
 
 
 def run_child(policy: str, threads: int, methods: list[str], steps: int, warmup: int, users: int, start: int,
-              timeout: float = 1800) -> dict:
+              timeout: float = 1800, fast_paths: bool = False) -> dict:
     """One setting's child process; returns its report."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--policies", policy, "--threads", str(threads),
            "--methods", ",".join(methods), "--steps", str(steps), "--warmup", str(warmup),
-           "--users-per-batch", str(users), "--start", str(start)]
+           "--users-per-batch", str(users), "--start", str(start)] + (["--fast-paths"] if fast_paths else [])
     run = subprocess.run(cmd, cwd=REPO, env=child_env(policy), capture_output=True, text=True, timeout=timeout,
                          check=False)
     if run.returncode != 0:
@@ -206,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="seconds: MeLU, unset vs PASSIVE at 2 threads, 6 steps of 8 users, 1 round; "
                              "entry-point check of the CLI only")
+    parser.add_argument("--fast-paths", action="store_true",
+                        help="every step on the engine's faster equivalent paths (learner.use_fast_paths(): the "
+                             "batched path split over the torch threads, gathered rows, fused write)")
     parser.add_argument("--no-entry-check", action="store_true", help="skip the entry points' OMP_WAIT_POLICY check")
     parser.add_argument("--out", default=str(ROOT / "results" / "stalls-cpu.json"), help="JSON output")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -226,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps ≥ --rounds ≥ 1 and --threads ≥ 1")
     if args.child:
         print(json.dumps(child(policies[0], threads[0], methods, args.steps, args.warmup, args.users_per_batch,
-                               args.start)))
+                               args.start, args.fast_paths)))
         return 0
 
     load_before = list(os.getloadavg())
@@ -237,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     for r, n in enumerate(per_round):
         for p, t in (settings if r % 2 == 0 else list(reversed(settings))):  # alternate: no setting always first
-            rep = run_child(p, t, methods, n, args.warmup, args.users_per_batch, start=sum(per_round[:r]))
+            rep = run_child(p, t, methods, n, args.warmup, args.users_per_batch, start=sum(per_round[:r]),
+                            fast_paths=args.fast_paths)
             seen[(p, t)] = {k: v for k, v in rep.items() if k != "seconds"}
             for m in methods:
                 seconds[(p, t, m)] += rep["seconds"][m]
@@ -266,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "single meta-step times per OpenMP wait policy and torch thread count (stalls)",
         "data": "mamo_lite.data.load('synthetic'), training users, each method's default network",
         "users_per_batch": args.users_per_batch, "steps_per_setting": args.steps, "rounds": args.rounds,
-        "warmup_steps_per_child": args.warmup, "path": "vmap",
+        "warmup_steps_per_child": args.warmup, "path": "vmap", "fast_paths": args.fast_paths,
         "statistics": "per setting and method over all its steps: median, p99 (nearest rank), max; "
                       f"stalls = steps over {STALL_FACTOR:g}x the median",
         "target": {"p99_over_median_max": 2},

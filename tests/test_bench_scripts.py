@@ -248,6 +248,19 @@ def test_stalls_quick_runs_each_setting_in_its_own_process(tmp_path):
         assert r["p99_over_median"] == pytest.approx(r["p99_ms"] / r["median_ms"])
     assert [(e["command"], e["torch_loaded"], e["omp_wait_policy_at_torch_import"]) for e in report["entry_points"]] \
         == [("python -m mamo_lite methods", True, "PASSIVE")]
+    assert report["fast_paths"] is False
+
+
+def test_stalls_times_the_fast_paths_on_request(tmp_path):
+    out = tmp_path / "stalls-fast.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "stalls.py"), "--quick", "--fast-paths",
+                          "--no-entry-check", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["fast_paths"] is True
+    assert [(r["omp_wait_policy"], r["method"], r["steps"]) for r in report["results"]] == [("unset", "melu", 6),
+                                                                                          ("PASSIVE", "melu", 6)]
 
 
 @pytest.fixture

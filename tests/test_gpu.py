@@ -42,6 +42,22 @@ def test_meta_gradient_on_cuda_equals_cpu(method):
     torch.testing.assert_close({k: v.cpu() for k, v in g_gpu.items()}, g_cpu, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("method", ["maml", "mamo"])
+def test_fast_paths_on_cuda_equal_the_cpu_reference(method):
+    """``use_fast_paths()`` on CUDA (the batched path, in one group: no thread split on a GPU) against the CPU's
+    reference path: meta-gradients, memory writes and predictions."""
+    learner = _learner(method, inner_steps=2, local_lr=0.05)
+    batch = tiny_batch(SPEC, n_users=6, masks="ragged", seed=3)
+    g_cpu, l_cpu, aux_cpu = meta_gradient(learner, batch, with_aux=True)
+    p_cpu = predict(learner, batch)
+    learner.use_fast_paths().to("cuda")
+    g_gpu, l_gpu, aux_gpu = meta_gradient(learner, batch.to("cuda"), with_aux=True)
+    torch.testing.assert_close(l_gpu.cpu(), l_cpu, rtol=0, atol=1e-4)
+    torch.testing.assert_close({k: v.cpu() for k, v in g_gpu.items()}, g_cpu, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close({k: v.cpu() for k, v in aux_gpu.items()}, aux_cpu, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(predict(learner, batch.to("cuda")).cpu(), p_cpu, rtol=0, atol=1e-4)
+
+
 def test_predict_on_cuda_equals_cpu():
     learner = tiny_learner("maml", inner_steps=3, local_lr=0.05)
     batch = tiny_batch(SPEC, n_users=8, masks="ragged", seed=2)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import threading
 
 import torch
 from torch import Tensor
@@ -55,9 +54,9 @@ def applies(learner) -> bool:
     return default and type(learner.model) is EmbeddingRecommender
 
 
-_VMAP_LOCK = threading.Lock()
-"""``torch.func`` transforms are not safe to run in two threads at once: the groups of :func:`_in_threads` take
-turns for the (short) ``vmap`` parts; the batched tensor operations and autograd run concurrently."""
+def _vmapped(fn, *args):
+    """``vmap(fn)(*args)``; only ever called from the thread that runs the meta-step (see :func:`_in_threads`)."""
+    return vmap(fn)(*args)
 
 
 def _per_user(fn, inputs: dict, params: Params) -> tuple:
@@ -71,9 +70,7 @@ def _per_user(fn, inputs: dict, params: Params) -> tuple:
             return v
         return by_storage.get((v.data_ptr(), tuple(v.shape[1:]), v.stride()[1:]), v[0])
 
-    with _VMAP_LOCK:
-        out = vmap(fn)(inputs)
-    return tuple({k: shared(v) for k, v in t.items()} for t in out)
+    return tuple({k: shared(v) for k, v in t.items()} for t in _vmapped(fn, inputs))
 
 
 def _per_user_copy(t: Tensor, users: int, like: Tensor) -> Tensor:
@@ -229,6 +226,36 @@ def _start(learner, params: Params, memories: dict, inputs: dict) -> tuple[Param
     return fast, context, inputs
 
 
+def _adapted_losses(learner, params: Params, fast: Params, task: dict, taps: Params,
+                    reads: list[str] | None) -> tuple[Tensor, Params]:
+    """Eq. 11 and the query loss for a batch of users (no ``vmap``): ``(losses [B], adapted tensors to read)``.
+
+    ``taps`` (``{parameter: zeros [B, *shape]}``) are added to the adapted weights before the query loss
+    (``MetaLearner.aux_taps``); ``reads`` names the adapted tensors ``user_aux`` reads (``None``: all; ``[]``: none).
+    """
+    cfg = learner.config
+    users = task["support_y"].shape[0]
+    fast, factors = adapt(learner.model, params, fast, task, users, steps=cfg.inner_steps, lr=cfg.local_lr,
+                          first_order=cfg.first_order, local_update=cfg.local_update)
+    shapes = dict(learner.model.named_parameters())
+    if taps:  # a zero added to θ_0 is a zero added to θ̂ = θ_0 − ρ Δᵀ X
+        fast = {**fast, **{n: _per_user_copy(fast[n], users, shapes[n]) + z for n, z in taps.items()}}
+    losses = _losses(learner.model, {**params, **fast}, factors, cfg.local_lr, task, "query")
+    names = list(fast) if reads is None else reads
+    adapted = factored.materialise(fast, factors, cfg.local_lr, names)
+    return losses, {n: _per_user_copy(adapted[n], users, shapes[n]) for n in names}
+
+
+def _aux(learner, params: Params, adapted: Params, context: dict, task: dict) -> dict:
+    """``user_aux`` of each user (under ``vmap``) from its adapted tensors."""
+    users = task["support_y"].shape[0]
+    return _vmapped(lambda f, c, t: learner.user_aux(params, f, c, t), adapted, _batched(context, users), task)
+
+
+def _batched(context: dict, users: int) -> dict:
+    return {k: (v if v.dim() > 0 and v.shape[0] == users else v.expand(users, *v.shape)) for k, v in context.items()}
+
+
 def query_losses(learner, params: Params, memories: dict, inputs: dict, *, with_aux: bool = False,
                  taps: Params | None = None) -> tuple[Tensor, dict]:
     """Algorithm 1 for a batch of users (the batched :func:`~mamo_lite.meta.engine.user_query_loss`).
@@ -236,101 +263,93 @@ def query_losses(learner, params: Params, memories: dict, inputs: dict, *, with_
     ``inputs`` are ``learner.batch_inputs(batch)``; ``taps`` (``{parameter: zeros [B, *shape]}``) are added to the
     adapted weights before the query loss (``MetaLearner.aux_taps``). Returns ``(losses [B], aux)``.
     """
-    cfg = learner.config
-    users = inputs["support_y"].shape[0]
     fast, context, task = _start(learner, params, memories, inputs)
-    fast, factors = adapt(learner.model, params, fast, task, users, steps=cfg.inner_steps, lr=cfg.local_lr,
-                          first_order=cfg.first_order, local_update=cfg.local_update)
-    shapes = dict(learner.model.named_parameters())
-    if taps:  # a zero added to θ_0 is a zero added to θ̂ = θ_0 − ρ Δᵀ X
-        fast = {**fast, **{n: _per_user_copy(fast[n], users, shapes[n]) + z for n, z in taps.items()}}
-    losses = _losses(learner.model, {**params, **fast}, factors, cfg.local_lr, task, "query")
-    if not with_aux:
-        return losses, {}
-    reads = learner.aux_reads()
-    names = list(fast) if reads is None else reads
-    adapted = factored.materialise(fast, factors, cfg.local_lr, names)
-    adapted = {n: _per_user_copy(adapted[n], users, shapes[n]) for n in names}
-    with _VMAP_LOCK:
-        aux = vmap(lambda f, c, t: learner.user_aux(params, f, c, t))(adapted, _batched(context, users), task)
-    return losses, aux
+    losses, adapted = _adapted_losses(learner, params, fast, task, taps or {},
+                                      learner.aux_reads() if with_aux else [])
+    return losses, (_aux(learner, params, adapted, context, task) if with_aux else {})
 
 
-def _batched(context: dict, users: int) -> dict:
-    return {k: (v if v.dim() > 0 and v.shape[0] == users else v.expand(users, *v.shape)) for k, v in context.items()}
-
-
-def _summed_gradient(learner, phi: Params, params: Params, memories: dict, batch: TaskBatch, with_aux: bool,
-                     taps: dict[str, str]) -> tuple[list[Tensor], Tensor, dict, dict[str, Tensor]]:
-    """The gradient of the *summed* query losses of ``batch`` w.r.t. ``phi``, the losses, the aux and each user's
-    gradient w.r.t. its adapted weights named in ``taps`` (``MetaLearner.aux_taps``)."""
-    zeros = {n: params[n].new_zeros(len(batch), *params[n].shape).requires_grad_() for n in dict.fromkeys(taps.values())}
-    with torch.enable_grad():
-        losses, aux = query_losses(learner, params, memories, learner.batch_inputs(batch), with_aux=with_aux,
-                                   taps=zeros)
-        grads = torch.autograd.grad(losses.sum(), [*phi.values(), *zeros.values()], allow_unused=True,
-                                    materialize_grads=True)
-    return list(grads[:len(phi)]), losses.detach(), aux, dict(zip(zeros, grads[len(phi):]))
-
-
-def _in_threads(learner, batch: TaskBatch, fn) -> list:
-    """``fn`` over contiguous groups of ``batch``'s users, one Python thread each (``learner.batched_threads`` on a
-    CPU, each with one intra-op torch thread), results in batch order; ``[fn(batch)]`` with one group."""
+def _groups(learner, batch: TaskBatch) -> list[TaskBatch]:
+    """``batch`` cut into ``learner.batched_threads`` contiguous groups of users (one on a GPU)."""
     groups = min(getattr(learner, "batched_threads", 1), len(batch))
     if groups <= 1 or batch.user_x.device.type != "cpu":
-        return [fn(batch)]
+        return [batch]
+    bounds = [round(k * len(batch) / groups) for k in range(groups + 1)]
+    return [batch.select(list(range(a, b))) for a, b in itertools.pairwise(bounds)]
+
+
+def _in_threads(fn, items: list) -> list:
+    """``[fn(x) for x in items]``, one Python thread per item (each with one intra-op torch thread) when there are
+    several. ``fn`` must not use ``torch.func`` transforms: they are not thread-safe, and a ``vmap`` in one thread
+    next to tensor operations in another can fail or deadlock. So the ``vmap`` parts (initialisation, gathered rows,
+    ``user_aux``) run in the calling thread, before and after; the threads run Eq. 11, the query loss and autograd."""
+    if len(items) == 1:
+        return [fn(items[0])]
     from concurrent.futures import ThreadPoolExecutor
 
-    bounds = [round(k * len(batch) / groups) for k in range(groups + 1)]
-    subs = [batch.select(list(range(a, b))) for a, b in itertools.pairwise(bounds)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(groups) as pool:
-            return list(pool.map(fn, subs))
+        with ThreadPoolExecutor(len(items)) as pool:
+            return list(pool.map(fn, items))
     finally:
         torch.set_num_threads(threads)
 
 
 def meta_gradient(learner, batch: TaskBatch, *, with_aux: bool = False) -> tuple[Params, Tensor, dict]:
     """:func:`mamo_lite.meta.engine.meta_gradient` on the batched path (plain ``torch.autograd``): ``(grads, losses,
-    aux)`` with the same meaning, grads w.r.t. ``learner.global_names()`` of the reduced query loss."""
+    aux)`` with the same meaning, grads w.r.t. ``learner.global_names()`` of the reduced query loss.
+
+    The users are cut into ``learner.batched_threads`` groups; each group's summed query loss is differentiated in
+    its own thread (:func:`_in_threads`) and the gradients are added in group order.
+    """
     all_params = {n: p.detach() for n, p in learner.params().items()}
     names = learner.global_names()
     phi = {n: all_params[n].detach().requires_grad_() for n in names}
     params = {**{n: v for n, v in all_params.items() if n not in phi}, **phi}
     memories = {k: v.detach() for k, v in learner.memory_state().items()}
-    taps = learner.aux_taps() if with_aux else {}
-    n = len(batch)
-    parts = _in_threads(learner, batch, lambda sub: _summed_gradient(learner, phi, params, memories, sub, with_aux,
-                                                                     taps))
+    tapped = dict.fromkeys((learner.aux_taps() if with_aux else {}).values())
+    reads = learner.aux_reads() if with_aux else []
+    with torch.enable_grad():
+        starts = [_start(learner, params, memories, learner.batch_inputs(sub)) for sub in _groups(learner, batch)]
+
+        def run(start: tuple) -> tuple:
+            fast, _, task = start
+            users = task["support_y"].shape[0]
+            zeros = {n: params[n].new_zeros(users, *params[n].shape).requires_grad_() for n in tapped}
+            with torch.enable_grad():
+                losses, adapted = _adapted_losses(learner, params, fast, task, zeros, reads)
+                grads = torch.autograd.grad(losses.sum(), [*phi.values(), *zeros.values()], allow_unused=True,
+                                            materialize_grads=True)
+            return list(grads[:len(phi)]), losses.detach(), adapted, dict(zip(zeros, grads[len(phi):]))
+
+        parts = _in_threads(run, starts)
+        auxes = [_aux(learner, params, part[2], start[1], start[2]) if with_aux else {}
+                 for part, start in zip(parts, starts)]
     grads = [sum(g) for g in zip(*(p[0] for p in parts))] if len(parts) > 1 else parts[0][0]
-    losses = torch.cat([p[1] for p in parts])
-    aux = {k: torch.cat([p[2][k] for p in parts]) for k in parts[0][2]}
-    tap_grads = {k: torch.cat([p[3][k] for p in parts]) for k in parts[0][3]}
     if learner.config.reduction != "sum":  # d(mean)/dL_u = 1/B
-        grads = [g / n for g in grads]
-    out = dict(zip(phi, grads))
-    aux = {k: v.detach() for k, v in aux.items()}
-    aux.update({key: tap_grads[name].detach() for key, name in taps.items()})
-    return out, losses, aux
+        grads = [g / len(batch) for g in grads]
+    aux = {k: torch.cat([a[k] for a in auxes]).detach() for k in auxes[0]}
+    for key, name in (learner.aux_taps() if with_aux else {}).items():
+        aux[key] = torch.cat([p[3][name] for p in parts]).detach()
+    return dict(zip(phi, grads)), torch.cat([p[1] for p in parts]), aux
 
 
 def predict(learner, params: Params, memories: dict, batch: TaskBatch, steps: int | None = None) -> Tensor:
-    """Query predictions ``[B, Q]`` of a batch of users (:func:`predictions`, over ``learner.batched_threads``)."""
-    outs = _in_threads(learner, batch, lambda sub: predictions(learner, params, memories, learner.batch_inputs(sub),
-                                                               steps))
-    return torch.cat(outs) if len(outs) > 1 else outs[0]
-
-
-def predictions(learner, params: Params, memories: dict, inputs: dict, steps: int | None = None) -> Tensor:
-    """Algorithm 2 for a batch of users (the batched :func:`~mamo_lite.meta.engine.user_predictions`): ``[B, Q]``."""
+    """Algorithm 2 for a batch of users (the batched :func:`~mamo_lite.meta.engine.user_predictions`): query
+    predictions ``[B, Q]``, the users cut into ``learner.batched_threads`` groups as in :func:`meta_gradient`."""
     cfg = learner.config
-    users = inputs["support_y"].shape[0]
-    fast, _, task = _start(learner, params, memories, inputs)
-    with torch.enable_grad():
-        fast, factors = adapt(learner.model, params, fast, task, users,
-                              steps=cfg.inner_steps if steps is None else steps, lr=cfg.local_lr, first_order=True,
-                              local_update=cfg.local_update)
-    out = factored.forward(learner.model, {**params, **fast}, factors, cfg.local_lr, task["user_x"], task["query_x"])
-    return prediction_from_output(out, head=learner.model.config.head, rating_min=learner.model.spec.rating_min)
+    starts = [_start(learner, params, memories, learner.batch_inputs(sub)) for sub in _groups(learner, batch)]
+
+    def run(start: tuple) -> Tensor:
+        fast, _, task = start
+        with torch.enable_grad():
+            fast, factors = adapt(learner.model, params, fast, task, task["support_y"].shape[0],
+                                  steps=cfg.inner_steps if steps is None else steps, lr=cfg.local_lr,
+                                  first_order=True, local_update=cfg.local_update)
+        out = factored.forward(learner.model, {**params, **fast}, factors, cfg.local_lr, task["user_x"],
+                               task["query_x"])
+        return prediction_from_output(out, head=learner.model.config.head, rating_min=learner.model.spec.rating_min)
+
+    outs = _in_threads(run, starts)
+    return torch.cat(outs) if len(outs) > 1 else outs[0]

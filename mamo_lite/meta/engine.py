@@ -167,8 +167,9 @@ class MetaLearner(nn.Module):
     (:mod:`mamo_lite.meta.factored`), instead of a per-user dense copy updated at every step; a learner
     whose :meth:`user_aux` reads adapted weights names them in :meth:`aux_reads`, and only those are
     materialised. Results equal the plain path's to float rounding (tests), first and second order,
-    ``"batch"`` and ``"per-item"`` local updates, with or without ``gather_rows``. It pays most with
-    several local steps on large layers (MAMO's authors' configuration: 9 steps, every layer local).
+    ``"batch"`` and ``"per-item"`` local updates, with or without ``gather_rows``. It pays where the factors
+    stay small next to the layers: one local step (MAML's, the book's MAMO's); with nine (MAMO's authors'
+    configuration) their rank reaches 135 and it gains nothing (``bench/results/floor-cpu.json``).
 
     ``batched_users`` (an engine option like ``gather_rows``, default ``False``) has the ``"vmap"`` path run the
     whole meta-batch as batched tensor operations with plain autograd instead of a per-user function under
@@ -177,7 +178,8 @@ class MetaLearner(nn.Module):
     Same results to float rounding (tests), first and second order; it applies where the default per-user
     algorithm runs on an :class:`~mamo_lite.models.recommender.EmbeddingRecommender` (MAML, MeLU, MetaCS-DNN,
     MAMO), takes precedence over ``factored_updates`` there, and leaves the ``"loop"`` path (the reference)
-    alone. It is the fastest path on a CPU for every configuration measured (``bench/floor.py``).
+    alone. On a CPU it is the fastest path measured for MAML, MetaCS-DNN and MAMO, first and second order
+    (``bench/results/engine-paths-cpu.json``, ``floor-cpu.json``).
     """
 
     gather_rows: bool = False
