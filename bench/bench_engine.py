@@ -34,7 +34,8 @@ with the authors' code. ``--gather on`` times the engine's gathered-row path
 nine (``mamo-authors``: rank 135) and changes nothing for s²Meta and GreatMeta (they replace the per-user algorithm);
 ``--batched on`` times the whole meta-batch run as batched tensor operations with plain autograd
 (``MetaLearner.batched_users``, :mod:`mamo_lite.meta.batched`) instead of a per-user function under
-``vmap``, split over torch's thread count (``batched_threads``, as ``use_fast_paths()`` sets it; ``vmap``
+``vmap``, split over torch's thread count where a user's work is more than one first-order step
+(``batched_threads``, as ``use_fast_paths()`` sets it; ``vmap``
 path only; not s²Meta nor GreatMeta either).
 
 The JSON records the CPU model, the thread settings (``OMP_WAIT_POLICY`` is set to ``PASSIVE`` by
@@ -102,7 +103,7 @@ def build(name: str, *, first_order: bool, gather: bool = False, users_per_batch
     learner.gather_rows = gather
     learner.factored_updates = factored
     learner.batched_users = batched
-    learner.batched_threads = torch.get_num_threads() if batched else 1  # as use_fast_paths() sets it
+    learner.batched_threads = torch.get_num_threads() if batched and learner._heavy_users() else 1  # as use_fast_paths()
     if fused:
         learner.fused_memory_write = True
     return learner

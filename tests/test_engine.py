@@ -591,8 +591,11 @@ def test_batched_users_run_through_the_batched_module_only_on_the_vmap_path(monk
     monkeypatch.setattr(batched, "adapt", lambda *a, **k: calls.append(1) or real(*a, **k))
     learner = tiny_learner("maml").use_fast_paths()
     assert learner.batched_users and batched.applies(learner)
-    assert learner.batched_threads == torch.get_num_threads()  # one group of users per intra-op thread
-    learner.batched_threads = 1
+    assert learner.config.inner_steps == 1 and learner.batched_threads == 1  # one light step: not split
+    heavy = tiny_learner("maml", inner_steps=3).use_fast_paths()
+    assert heavy.batched_threads == torch.get_num_threads()  # one group of users per intra-op thread
+    assert tiny_learner("maml", first_order=False).use_fast_paths().batched_threads == torch.get_num_threads()
+    assert heavy.use_fast_paths(False).batched_threads == 1
     batch = tiny_batch(SPEC, n_users=3, seed=34)
     meta_gradient(learner, batch, path="loop")
     predict(learner, batch, path="loop")
