@@ -301,7 +301,8 @@ def meta_gradient(learner, batch: TaskBatch, *, with_aux: bool = False) -> tuple
     aux)`` with the same meaning, grads w.r.t. ``learner.global_names()`` of the reduced query loss.
 
     The users are cut into ``learner.batched_threads`` groups; each group's summed query loss is differentiated in
-    its own thread (:func:`_in_threads`) and the gradients are added in group order.
+    its own thread (with one intra-op thread; the ``vmap`` parts stay in the calling thread) and the gradients
+    are added in group order.
     """
     all_params = {n: p.detach() for n, p in learner.params().items()}
     names = learner.global_names()

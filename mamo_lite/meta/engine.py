@@ -397,7 +397,7 @@ def gather_rows(model: nn.Module, fast: Params, task: dict) -> tuple[Params, dic
 
 
 def reindexed(task: dict, local: dict[tuple[str, str | None, int | None], Tensor]) -> dict:
-    """``task`` with the indices of each embedding site (:func:`_embedding_sites`) replaced by ``local[site]`` (the
+    """``task`` with the indices of each embedding site (``_embedding_sites``) replaced by ``local[site]`` (the
     positions of its rows in a gathered table); sites not in ``local`` keep theirs. Any leading dimensions."""
     task = dict(task)
     for which in ("user_x", "support_x", "query_x"):
