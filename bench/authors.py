@@ -246,7 +246,7 @@ def worker_ours(spec: str, train_ids: list[int], test_ids: list[int], threads: i
     learner.gather_rows = gather
     learner.factored_updates = factored
     learner.batched_users = batched
-    learner.batched_threads = torch.get_num_threads() if batched and learner._heavy_users() else 1  # as use_fast_paths()
+    learner.batched_threads = learner.fast_path_threads() if batched else 1  # as use_fast_paths() sets it
     if fused:
         learner.fused_memory_write = True
     opt = make_optimizer(learner)

@@ -103,7 +103,7 @@ def build(name: str, *, first_order: bool, gather: bool = False, users_per_batch
     learner.gather_rows = gather
     learner.factored_updates = factored
     learner.batched_users = batched
-    learner.batched_threads = torch.get_num_threads() if batched and learner._heavy_users() else 1  # as use_fast_paths()
+    learner.batched_threads = learner.fast_path_threads() if batched else 1  # as use_fast_paths() sets it
     if fused:
         learner.fused_memory_write = True
     return learner

@@ -7,10 +7,10 @@ every operation of every step dispatched through ``vmap``'s and ``torch.func.gra
 module computes the same quantities for the whole batch with ordinary batched tensors and plain
 ``torch.autograd``:
 
-* the per-user initialisation (``MetaLearner.init_fast``, MAMO's Eqs. 3–4, 7, 9–10), the gathered embedding
-  rows (:func:`mamo_lite.meta.engine.gather_rows`) and the per-user ``user_aux`` still run under ``vmap``
-  (one call each); a local weight that is still ``φ`` itself after the initialisation stays one shared
-  tensor, so its products with the batch's rows are one matrix product for all users;
+* the per-user initialisation (``MetaLearner.init_fast``, MAMO's Eqs. 3–4, 7, 9–10) and the per-user
+  ``user_aux`` still run under ``vmap`` (one call each); a local weight that is still ``φ`` itself after the
+  initialisation stays one shared tensor, so its products with the batch's rows are one matrix product for
+  all users; gathered embedding rows are each user's distinct rows (:func:`gather_rows`);
 * each local step (Eq. 11) takes the loss gradient w.r.t. each local linear layer's *output* (``Δ``, via a
   zero "tap", as :mod:`mamo_lite.meta.factored` does) and the layer's input ``X`` from one forward and one
   backward pass: ``∇_θ L_S = Δᵀ X`` is the weight gradient the reference path gets from autograd, never
@@ -54,11 +54,6 @@ def applies(learner) -> bool:
     return default and type(learner.model) is EmbeddingRecommender
 
 
-def _vmapped(fn, *args):
-    """``vmap(fn)(*args)``; only ever called from the thread that runs the meta-step (see :func:`_in_threads`)."""
-    return vmap(fn)(*args)
-
-
 def _per_user(fn, inputs: dict, params: Params) -> tuple:
     """``vmap(fn)(inputs)`` (a tuple of dicts), with each output that does not depend on the user (``vmap`` gives an
     expanded view, stride 0 over users) given back as one shared tensor: the parameter itself where it is one
@@ -70,7 +65,7 @@ def _per_user(fn, inputs: dict, params: Params) -> tuple:
             return v
         return by_storage.get((v.data_ptr(), tuple(v.shape[1:]), v.stride()[1:]), v[0])
 
-    return tuple({k: shared(v) for k, v in t.items()} for t in _vmapped(fn, inputs))
+    return tuple({k: shared(v) for k, v in t.items()} for t in vmap(fn)(inputs))
 
 
 def _per_user_copy(t: Tensor, users: int, like: Tensor) -> Tensor:
@@ -125,16 +120,13 @@ def adapt(model: EmbeddingRecommender, params: Params, fast: Params, task: dict,
     dense = dict(fast)
     factors: factored.Factors = {}
     parts = _parts(local_update, task)
-    ranks = {n: 0 for n in names}  # support rows × steps: the rank the factors would reach
-    for part in parts:
-        for n, shape in factored._output_shapes(model, names, part).items():
-            ranks[n] += steps * math.prod(shape[1:-1])
+    rows = [factored._output_shapes(model, names, part) for part in parts]  # each layer's output shape per part
+    ranks = {n: steps * sum(math.prod(r[n][1:-1]) for r in rows) for n in names}  # the factors' final rank
     dense_layers = {n for n in names if not _factored(ranks[n], fast[f"{n}.weight"])}
     own: set[str] = set()  # dense weights this loop made: nothing else reads their old values
     for _ in range(steps):
-        for part in parts:
-            rows = factored._output_shapes(model, names, part)
-            taps = {n: fast[f"{n}.weight"].new_zeros(rows[n]).requires_grad_() for n in names}
+        for part, part_rows in zip(parts, rows):
+            taps = {n: fast[f"{n}.weight"].new_zeros(part_rows[n]).requires_grad_() for n in names}
             per_user = {k: _per_user_copy(v, users, shapes[k]) for k, v in dense.items() if k not in weight_keys}
             if first_order:  # the support pass needs no graph to φ: its gradients are detached anyway
                 movable = {k: v.detach().requires_grad_() for k, v in per_user.items()}
@@ -249,29 +241,16 @@ def _adapted_losses(learner, params: Params, fast: Params, task: dict, taps: Par
 def _aux(learner, params: Params, adapted: Params, context: dict, task: dict) -> dict:
     """``user_aux`` of each user (under ``vmap``) from its adapted tensors."""
     users = task["support_y"].shape[0]
-    return _vmapped(lambda f, c, t: learner.user_aux(params, f, c, t), adapted, _batched(context, users), task)
+    return vmap(lambda f, c, t: learner.user_aux(params, f, c, t))(adapted, _batched(context, users), task)
 
 
 def _batched(context: dict, users: int) -> dict:
     return {k: (v if v.dim() > 0 and v.shape[0] == users else v.expand(users, *v.shape)) for k, v in context.items()}
 
 
-def query_losses(learner, params: Params, memories: dict, inputs: dict, *, with_aux: bool = False,
-                 taps: Params | None = None) -> tuple[Tensor, dict]:
-    """Algorithm 1 for a batch of users (the batched :func:`~mamo_lite.meta.engine.user_query_loss`).
-
-    ``inputs`` are ``learner.batch_inputs(batch)``; ``taps`` (``{parameter: zeros [B, *shape]}``) are added to the
-    adapted weights before the query loss (``MetaLearner.aux_taps``). Returns ``(losses [B], aux)``.
-    """
-    fast, context, task = _start(learner, params, memories, inputs)
-    losses, adapted = _adapted_losses(learner, params, fast, task, taps or {},
-                                      learner.aux_reads() if with_aux else [])
-    return losses, (_aux(learner, params, adapted, context, task) if with_aux else {})
-
-
 def _groups(learner, batch: TaskBatch) -> list[TaskBatch]:
     """``batch`` cut into ``learner.batched_threads`` contiguous groups of users (one on a GPU)."""
-    groups = min(getattr(learner, "batched_threads", 1), len(batch))
+    groups = min(learner.batched_threads, len(batch))
     if groups <= 1 or batch.user_x.device.type != "cpu":
         return [batch]
     bounds = [round(k * len(batch) / groups) for k in range(groups + 1)]

@@ -202,15 +202,16 @@ class MetaLearner(nn.Module):
         plus what a subclass adds (MAMO: ``fused_memory_write``). Results equal the reference path's to float
         rounding, not bitwise, so the book's chapters and ``reproduce`` keep them off. Returns ``self``."""
         self.gather_rows = self.factored_updates = self.batched_users = bool(on)
-        self.batched_threads = max(1, torch.get_num_threads()) if on and self._heavy_users() else 1
+        self.batched_threads = self.fast_path_threads() if on else 1
         return self
 
-    def _heavy_users(self) -> bool:
-        """Whether a user's work is more than one first-order local step: then the batched path splits a batch over
-        the torch threads (measured on 2 CPU cores, real MovieLens-1M: MAMO's authors' configuration, 9 steps,
-        3.8 → 3.0 ms per user; the book's MAMO, 1 step, 0.88 → 1.15 ms, so it is not split)."""
+    def fast_path_threads(self) -> int:
+        """The ``batched_threads`` that :meth:`use_fast_paths` sets: torch's thread count where a user's work is more
+        than one first-order local step, else 1 (measured on 2 CPU cores, real MovieLens-1M: MAMO's authors'
+        configuration, 9 steps, 3.8 → 3.0 ms per user when split; the book's MAMO, 1 step, 0.88 → 1.15 ms)."""
         cfg = self.config
-        return cfg.inner_steps > 1 or cfg.local_update == "per-item" or not cfg.first_order
+        heavy = cfg.inner_steps > 1 or cfg.local_update == "per-item" or not cfg.first_order
+        return max(1, torch.get_num_threads()) if heavy else 1
 
     # -- which parameters ------------------------------------------------------------------
     def local_names(self) -> list[str]:
@@ -510,6 +511,11 @@ def map_users(fn: Callable, batch_inputs: dict, path: Path, n_users: int):
     return torch.stack(outs)
 
 
+def _runs_batched(learner: MetaLearner, path: Path) -> bool:
+    """Whether ``path`` runs on :mod:`mamo_lite.meta.batched` (``batched_users`` on the ``"vmap"`` path, where it applies)."""
+    return path == "vmap" and learner.batched_users and batched.applies(learner)
+
+
 def meta_gradient(learner: MetaLearner, batch: TaskBatch, *, path: Path = "vmap",
                   with_aux: bool = False) -> tuple[Params, Tensor, dict]:
     """Meta-gradient of Eq. 12 over a batch of users.
@@ -518,7 +524,7 @@ def meta_gradient(learner: MetaLearner, batch: TaskBatch, *, path: Path = "vmap"
     of the reduced (mean or sum) query loss. Nothing is modified. With ``with_aux`` and a learner that
     names :meth:`MetaLearner.aux_taps`, the same backward pass also gives those per-user gradients.
     """
-    if path == "vmap" and learner.batched_users and batched.applies(learner):
+    if _runs_batched(learner, path):
         return batched.meta_gradient(learner, batch, with_aux=with_aux)
     all_params = {n: p.detach() for n, p in learner.params().items()}
     names = learner.global_names()
@@ -560,7 +566,7 @@ def predict(learner: MetaLearner, batch: TaskBatch, *, path: Path = "vmap", chun
     outs = []
     with torch.enable_grad():
         for sub in batch.batches(chunk):
-            if path == "vmap" and learner.batched_users and batched.applies(learner):
+            if _runs_batched(learner, path):
                 outs.append(batched.predict(learner, params, memories, sub, steps).detach())
                 continue
             outs.append(map_users(lambda task: learner.user_predictions(params, memories, task, steps),
