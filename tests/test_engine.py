@@ -348,6 +348,12 @@ def _gather_learner(case: str, first_order: bool) -> MetaLearner:
     return tiny_learner(method, **common, **extra)
 
 
+def _dense(value):
+    from mamo_lite.meta.factored import LowRank
+
+    return value.dense() if isinstance(value, LowRank) else value
+
+
 def _option_equals_plain_path(learner: MetaLearner, option: str, batch, path: str, *, steps: tuple, atol: float):
     """Switch the engine option ``option`` on (it must start off) and check that meta-gradients, per-user query
     losses, aux and predictions (for each local ``steps``) equal the plain path's; returns the plain results."""
@@ -355,7 +361,8 @@ def _option_equals_plain_path(learner: MetaLearner, option: str, batch, path: st
     plain = meta_gradient(learner, batch, path=path, with_aux=True)
     plain_pred = [predict(learner, batch, path=path, steps=s) for s in steps]
     setattr(learner, option, True)
-    other = meta_gradient(learner, batch, path=path, with_aux=True)
+    grads, losses, aux = meta_gradient(learner, batch, path=path, with_aux=True)
+    other = grads, losses, {k: _dense(v) for k, v in aux.items()}  # the batched path's LowRank gradients
     other_pred = [predict(learner, batch, path=path, steps=s) for s in steps]
     assert set(other[0]) == set(plain[0]) and set(other[2]) == set(plain[2])
     for a, b in zip(other, plain, strict=True):  # grads, per-user query losses, aux (memory writes)
@@ -546,7 +553,8 @@ def test_factored_updates_refuse_another_recommender():
 
 # -- batched users (mamo_lite.meta.batched) -----------------------------------------------------------
 
-BATCHED_CASES = {"mamo-authors-per-item": ("mamo", {**TINY_MAMO_AUTHORS, "local_update": "per-item"})}
+BATCHED_CASES = {"mamo-authors-per-item": ("mamo", {**TINY_MAMO_AUTHORS, "local_update": "per-item"}),
+                 "mamo-book-fused": ("mamo", {"fused": True})}  # θ_u as a Mixture, Eq. 6's gradients LowRank
 
 
 @pytest.mark.parametrize("layers", ["dense", "factored", "chosen"])

@@ -126,7 +126,7 @@ def adapt(model: EmbeddingRecommender, params: Params, fast: Params, task: dict,
     own: set[str] = set()  # dense weights this loop made: nothing else reads their old values
     for _ in range(steps):
         for part, part_rows in zip(parts, rows):
-            taps = {n: fast[f"{n}.weight"].new_zeros(part_rows[n]).requires_grad_() for n in names}
+            taps = {n: shapes[f"{n}.weight"].new_zeros(part_rows[n]).requires_grad_() for n in names}
             per_user = {k: _per_user_copy(v, users, shapes[k]) for k, v in dense.items() if k not in weight_keys}
             if first_order:  # the support pass needs no graph to φ: its gradients are detached anyway
                 movable = {k: v.detach().requires_grad_() for k, v in per_user.items()}
@@ -156,6 +156,7 @@ def adapt(model: EmbeddingRecommender, params: Params, fast: Params, task: dict,
                 elif first_order and n in own:
                     w.baddbmm_(delta.mT, x, alpha=-lr)
                 else:
+                    w = factored.dense_weight(w)
                     w = w if w.dim() == 3 else w.expand(users, *w.shape)
                     dense[key] = torch.baddbmm(w, delta.mT, x, alpha=-lr)
                     own.add(n)
@@ -211,19 +212,25 @@ def _bag(positions: Tensor, valid: Tensor, rows: int, dtype: torch.dtype, poolin
 
 
 def _start(learner, params: Params, memories: dict, inputs: dict) -> tuple[Params, dict, dict]:
-    """Per-user initialisation under ``vmap``, then (``gather_rows``) the gathered rows: ``(fast, context, task)``."""
-    fast, context = _per_user(lambda task: learner.init_fast(params, memories, task), inputs, params)
+    """The per-user initialisation (the learner's ``init_fast_batch``, else ``init_fast`` under ``vmap``), then
+    (``gather_rows``) the gathered rows: ``(fast, context, task)``."""
+    start = learner.init_fast_batch(params, memories, inputs)
+    if start is None:
+        start = _per_user(lambda task: learner.init_fast(params, memories, task), inputs, params)
+    fast, context = start
     if learner.gather_rows:
         fast, inputs = gather_rows(learner.model, fast, inputs)
     return fast, context, inputs
 
 
-def _adapted_losses(learner, params: Params, fast: Params, task: dict, taps: Params,
-                    reads: list[str] | None) -> tuple[Tensor, Params]:
-    """Eq. 11 and the query loss for a batch of users (no ``vmap``): ``(losses [B], adapted tensors to read)``.
+def _adapted_losses(learner, params: Params, fast: Params, task: dict, taps: Params, outputs: Params,
+                    reads: list[str] | None) -> tuple[Tensor, Params, Params]:
+    """Eq. 11 and the query loss for a batch of users (no ``vmap``): ``(losses [B], adapted tensors to read, inputs)``.
 
-    ``taps`` (``{parameter: zeros [B, *shape]}``) are added to the adapted weights before the query loss
-    (``MetaLearner.aux_taps``); ``reads`` names the adapted tensors ``user_aux`` reads (``None``: all; ``[]``: none).
+    ``taps`` (``{parameter: zeros [B, *shape]}``) are added to the adapted weights before the query loss and
+    ``outputs`` (``{layer: zeros like its query output}``) to layer outputs, whose inputs land in ``inputs``
+    (``MetaLearner.aux_taps``, see :func:`_tap_gradient`); ``reads`` names the adapted tensors ``user_aux`` reads
+    (``None``: all; ``[]``: none).
     """
     cfg = learner.config
     users = task["support_y"].shape[0]
@@ -231,11 +238,36 @@ def _adapted_losses(learner, params: Params, fast: Params, task: dict, taps: Par
                           first_order=cfg.first_order, local_update=cfg.local_update)
     shapes = dict(learner.model.named_parameters())
     if taps:  # a zero added to θ_0 is a zero added to θ̂ = θ_0 − ρ Δᵀ X
-        fast = {**fast, **{n: _per_user_copy(fast[n], users, shapes[n]) + z for n, z in taps.items()}}
-    losses = _losses(learner.model, {**params, **fast}, factors, cfg.local_lr, task, "query")
+        fast = {**fast, **{n: _per_user_copy(factored.dense_weight(fast[n]), users, shapes[n]) + z
+                           for n, z in taps.items()}}
+    inputs: Params = {}
+    losses = _losses(learner.model, {**params, **fast}, factors, cfg.local_lr, task, "query", outputs, inputs)
     names = list(fast) if reads is None else reads
     adapted = factored.materialise(fast, factors, cfg.local_lr, names)
-    return losses, {n: _per_user_copy(adapted[n], users, shapes[n]) for n in names}
+    return losses, {n: _per_user_copy(adapted[n], users, shapes[n]) for n in names}, inputs
+
+
+def _tapped_layers(model: EmbeddingRecommender, names) -> dict[str, str]:
+    """``{parameter: layer}`` for the tapped parameters that are a linear layer's weight or bias: their gradient at
+    ``θ̂`` comes from the layer's output gradient ``Δ`` and input ``X`` of the query pass (:func:`_tap_gradient`)."""
+    layers = set(factored.linear_layers(model))
+    out = {}
+    for n in names:
+        layer, _, kind = n.rpartition(".")
+        if layer in layers and kind in ("weight", "bias"):
+            out[n] = layer
+    return out
+
+
+def _tap_gradient(name: str, delta: Tensor, x: Tensor) -> Tensor | factored.LowRank:
+    """A layer parameter's per-user gradient from the query pass: ``Δᵀ X`` for the weight, kept as its factors
+    (:class:`~mamo_lite.meta.factored.LowRank`: one outer product per user for the user tower), ``Σ Δ`` over rows
+    for the bias; ``Δ`` ``[B, ..., out]``, ``X`` ``[B, ..., in]``."""
+    users = delta.shape[0]
+    delta = delta.reshape(users, -1, delta.shape[-1])
+    if name.endswith(".bias"):
+        return delta.sum(1)
+    return factored.LowRank(delta, x.detach().reshape(users, -1, x.shape[-1]))
 
 
 def _aux(learner, params: Params, adapted: Params, context: dict, task: dict) -> dict:
@@ -293,15 +325,23 @@ def meta_gradient(learner, batch: TaskBatch, *, with_aux: bool = False) -> tuple
     with torch.enable_grad():
         starts = [_start(learner, params, memories, learner.batch_inputs(sub)) for sub in _groups(learner, batch)]
 
+        by_layer = _tapped_layers(learner.model, tapped)
+
         def run(start: tuple) -> tuple:
             fast, _, task = start
             users = task["support_y"].shape[0]
-            zeros = {n: params[n].new_zeros(users, *params[n].shape).requires_grad_() for n in tapped}
+            zeros = {n: params[n].new_zeros(users, *params[n].shape).requires_grad_() for n in tapped
+                     if n not in by_layer}
+            query = factored._output_shapes(learner.model, sorted(set(by_layer.values())), task, "query")
+            outputs = {layer: params[f"{layer}.weight"].new_zeros(query[layer]).requires_grad_() for layer in query}
             with torch.enable_grad():
-                losses, adapted = _adapted_losses(learner, params, fast, task, zeros, reads)
-                grads = torch.autograd.grad(losses.sum(), [*phi.values(), *zeros.values()], allow_unused=True,
-                                            materialize_grads=True)
-            return list(grads[:len(phi)]), losses.detach(), adapted, dict(zip(zeros, grads[len(phi):]))
+                losses, adapted, inputs = _adapted_losses(learner, params, fast, task, zeros, outputs, reads)
+                grads = torch.autograd.grad(losses.sum(), [*phi.values(), *zeros.values(), *outputs.values()],
+                                            allow_unused=True, materialize_grads=True)
+            taps = dict(zip(zeros, grads[len(phi):len(phi) + len(zeros)]))
+            deltas = dict(zip(outputs, grads[len(phi) + len(zeros):]))
+            taps.update({n: _tap_gradient(n, deltas[layer], inputs[layer]) for n, layer in by_layer.items()})
+            return list(grads[:len(phi)]), losses.detach(), adapted, taps
 
         parts = _in_threads(run, starts)
         auxes = [_aux(learner, params, part[2], start[1], start[2]) if with_aux else {}
@@ -309,10 +349,18 @@ def meta_gradient(learner, batch: TaskBatch, *, with_aux: bool = False) -> tuple
     grads = [sum(g) for g in zip(*(p[0] for p in parts))] if len(parts) > 1 else parts[0][0]
     if learner.config.reduction != "sum":  # d(mean)/dL_u = 1/B
         grads = [g / len(batch) for g in grads]
-    aux = {k: torch.cat([a[k] for a in auxes]).detach() for k in auxes[0]}
+    aux = {k: _joined([a[k] for a in auxes]).detach() for k in auxes[0]}
     for key, name in (learner.aux_taps() if with_aux else {}).items():
-        aux[key] = torch.cat([p[3][name] for p in parts]).detach()
-    return dict(zip(phi, grads)), torch.cat([p[1] for p in parts]), aux
+        aux[key] = _joined([p[3][name] for p in parts]).detach()
+    return dict(zip(phi, grads)), _joined([p[1] for p in parts]), aux
+
+
+def _joined(pieces: list) -> Tensor | factored.LowRank:
+    """The groups' tensors (or :class:`~mamo_lite.meta.factored.LowRank`) concatenated along the users (the one
+    itself, uncopied, for one group)."""
+    if len(pieces) == 1:
+        return pieces[0]
+    return factored.LowRank.cat(pieces) if isinstance(pieces[0], factored.LowRank) else torch.cat(pieces)
 
 
 def predict(learner, params: Params, memories: dict, batch: TaskBatch, steps: int | None = None) -> Tensor:
@@ -331,5 +379,4 @@ def predict(learner, params: Params, memories: dict, batch: TaskBatch, steps: in
                                task["query_x"])
         return prediction_from_output(out, head=learner.model.config.head, rating_min=learner.model.spec.rating_min)
 
-    outs = _in_threads(run, starts)
-    return torch.cat(outs) if len(outs) > 1 else outs[0]
+    return _joined(_in_threads(run, starts))

@@ -235,6 +235,17 @@ class MetaLearner(nn.Module):
         """``θ ← φ`` on the local parameters (MAML); returns ``(fast, context)``."""
         return {n: params[n] for n in self._local}, {}
 
+    def init_fast_batch(self, params: Params, memories: dict[str, Tensor], task: dict) -> tuple[Params, dict] | None:
+        """:meth:`init_fast` for a whole batch of users at once (``task`` tensors with a leading user dimension), for
+        the batched path (``batched_users``), or ``None`` to have that path map :meth:`init_fast` over the users with
+        ``vmap``. Each fast tensor may be shared by the users (the parameter's shape), one per user (a leading user
+        dimension) or, for a local linear layer's weight, a :class:`~mamo_lite.meta.factored.Mixture`; the context
+        values have a leading user dimension. Default: ``θ ← φ`` where :meth:`init_fast` is this class's, else ``None``.
+        """
+        if type(self).init_fast is MetaLearner.init_fast:
+            return self.init_fast(params, memories, task)
+        return None
+
     def user_aux(self, params: Params, fast: Params, context: dict, task: dict) -> dict[str, Tensor]:
         """Per-user values a learner needs after adaptation (MAMO: what its memories write)."""
         return {}

@@ -57,10 +57,107 @@ def check_model(model: nn.Module) -> None:
                         "turn MetaLearner.factored_updates off for this learner")
 
 
-def apply_linear(z: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-    """``z wᵀ + b`` for one weight ``w`` (``[out, in]``, ``F.linear``) or one per user (``[B, out, in]``, ``z`` then
-    ``[B, ..., in]``, what :mod:`mamo_lite.meta.batched` adapts); a bias ``[B, out]`` is one per user too."""
-    if w.dim() == 2:
+class Mixture:
+    """A weight per user kept as a mixture of shared matrices, ``W_u = Σ_s c_us S_s``, never formed as ``[B, out, in]``.
+
+    ``coef`` is ``[B, S]``, ``slots`` ``[S, out, in]``. MAMO's personalised initialisation (Eqs. 4, 9)
+    ``θ_u = φ_u − τ Σ_k a_uk M_U[k]`` is one: slots ``[φ_u, M_U[1..K]]``, coefficients ``[1, −τ a_u]``
+    (:meth:`of`). Its product with inputs ``z`` is ``Σ_s c_us (z S_sᵀ)``: one matrix product with the stacked
+    slots for the whole batch, instead of building each user's matrix and multiplying user by user; the
+    gradient reaches ``φ_u`` and ``a_u`` through the same two operations.
+    """
+
+    def __init__(self, coef: Tensor, slots: Tensor) -> None:
+        if coef.dim() != 2 or slots.dim() != 3 or coef.shape[1] != slots.shape[0]:
+            raise ValueError(f"Mixture needs coef [B, S] and slots [S, out, in]; got {tuple(coef.shape)} and "
+                             f"{tuple(slots.shape)}")
+        self.coef, self.slots = coef, slots
+
+    @classmethod
+    def of(cls, base: Tensor, coef: Tensor, slots: Tensor) -> Mixture:
+        """``base + Σ_k coef[:, k] slots[k]`` (``base`` ``[out, in]`` shared by the users, ``coef`` ``[B, K]``)."""
+        ones = coef.new_ones(coef.shape[0], 1)
+        return cls(torch.cat([ones, coef], 1), torch.cat([base.unsqueeze(0), slots.to(base.dtype)]))
+
+    @property
+    def shape(self) -> torch.Size:
+        """One user's weight shape, ``(out, in)``."""
+        return self.slots.shape[1:]
+
+    def detach(self) -> Mixture:
+        return Mixture(self.coef.detach(), self.slots.detach())
+
+    def dense(self) -> Tensor:
+        """The users' weights ``[B, out, in]`` (where a dense per-user copy is needed after all)."""
+        return (self.coef @ self.slots.flatten(1)).view(self.coef.shape[0], *self.shape)
+
+    def apply(self, z: Tensor) -> Tensor:
+        """``z W_uᵀ`` for ``z`` ``[B, ..., in]``: ``[B, ..., out]``."""
+        users, (n_slots, out_f, in_f) = z.shape[0], self.slots.shape
+        rows = z.reshape(users, -1, in_f)
+        h = F.linear(rows, self.slots.reshape(n_slots * out_f, in_f)).view(users, -1, n_slots, out_f)
+        h = torch.einsum("bnso,bs->bno", h, self.coef)
+        return h.reshape(*z.shape[:-1], out_f)
+
+
+class LowRank:
+    """Per-user matrices kept as sums of outer products, ``G_u = Σ_r L_urᵀ R_ur`` (``left`` ``[B, r, out]``, ``right``
+    ``[B, r, in]``), never formed as ``[B, out, in]`` unless asked (:meth:`dense`).
+
+    A linear layer's per-user gradient at the adapted weights is one, ``∇_θ L = Δᵀ X`` (``r`` rows: one for a
+    user-tower layer): the batched path gives MAMO's ``M_U`` gradients of Eq. 6 (``fused_memory_write``) in this
+    form, and Eq. 6's write needs only :meth:`weighted_sum`.
+    """
+
+    def __init__(self, left: Tensor, right: Tensor) -> None:
+        if left.dim() != 3 or right.dim() != 3 or left.shape[:2] != right.shape[:2]:
+            raise ValueError(f"LowRank needs left [B, r, out] and right [B, r, in]; got {tuple(left.shape)} and "
+                             f"{tuple(right.shape)}")
+        self.left, self.right = left, right
+
+    @property
+    def shape(self) -> torch.Size:
+        """``(B, out, in)``, the shape of :meth:`dense`."""
+        return torch.Size((self.left.shape[0], self.left.shape[2], self.right.shape[2]))
+
+    def dense(self) -> Tensor:
+        """``[B, out, in]``: each user's ``Σ_r L_urᵀ R_ur``."""
+        return torch.bmm(self.left.mT, self.right)
+
+    def detach(self) -> LowRank:
+        return LowRank(self.left.detach(), self.right.detach())
+
+    def weighted_sum(self, weights: Tensor) -> Tensor:
+        """``Σ_u w_uk G_u`` for ``weights`` ``[B, K]``: ``[K, out, in]``, as one matrix product over the ``B·r`` rows
+        (``(B·r)·out·K·in`` multiply-adds, never the ``B`` dense matrices)."""
+        users, rank, out_f = self.left.shape
+        in_f, k = self.right.shape[2], weights.shape[1]
+        scaled = self.right.unsqueeze(2) * weights.to(self.right.dtype)[:, None, :, None]  # [B, r, K, in]
+        total = self.left.reshape(users * rank, out_f).mT @ scaled.reshape(users * rank, k * in_f)
+        return total.view(out_f, k, in_f).transpose(0, 1)
+
+    @staticmethod
+    def cat(pieces: list[LowRank]) -> LowRank:
+        """The users of several :class:`LowRank` (the same ``r``) in order."""
+        return LowRank(torch.cat([p.left for p in pieces]), torch.cat([p.right for p in pieces]))
+
+
+def dense_weight(w: Tensor | Mixture) -> Tensor:
+    """``w`` itself, or a :class:`Mixture`'s per-user weights ``[B, out, in]``."""
+    return w.dense() if isinstance(w, Mixture) else w
+
+
+def apply_linear(z: Tensor, w: Tensor | Mixture, b: Tensor | None) -> Tensor:
+    """``z wᵀ + b`` for one weight ``w`` (``[out, in]``, ``F.linear``) or one per user (``[B, out, in]`` or a
+    :class:`Mixture`, ``z`` then ``[B, ..., in]``, what :mod:`mamo_lite.meta.batched` adapts); a bias ``[B, out]``
+    is one per user too."""
+    if isinstance(w, Mixture):
+        h = w.apply(z)
+        if b is None:
+            return h
+        if b.dim() == 1:
+            return h + b
+    elif w.dim() == 2:
         if b is None or b.dim() == 1:
             return F.linear(z, w, b)
         h = F.linear(z, w)
@@ -117,10 +214,12 @@ def forward(model: EmbeddingRecommender, weights: Params, factors: Factors, lr: 
     return out.squeeze(-1) if model.config.head == "regression" else out
 
 
-def _output_shapes(model: EmbeddingRecommender, names: list[str], task: dict) -> dict[str, tuple[int, ...]]:
-    """The output shape of each layer on ``task``'s support set (user-tower layers see one row, ``p_u``)."""
+def _output_shapes(model: EmbeddingRecommender, names: list[str], task: dict,
+                   which: str = "support") -> dict[str, tuple[int, ...]]:
+    """The output shape of each layer on ``task``'s ``support`` or ``query`` set (user-tower layers see one row,
+    ``p_u``)."""
     rows_u = tuple(task["user_x"].shape[:-1])
-    rows_i = tuple(task["support_y"].shape)
+    rows_i = tuple(task[f"{which}_y"].shape)
     modules = dict(model.named_modules())
     return {n: (rows_u if n.startswith("user_tower") else rows_i) + (modules[n].out_features,) for n in names}
 
@@ -178,7 +277,7 @@ def materialise(dense: Params, factors: Factors, lr: float, names: list[str]) ->
         layer = n.removesuffix(".weight")
         if n.endswith(".weight") and layer in factors:
             x_all, d_all = factors[layer]
-            out[n] = dense[n] - lr * (d_all.mT @ x_all)
+            out[n] = dense_weight(dense[n]) - lr * (d_all.mT @ x_all)
         else:
-            out[n] = dense[n]
+            out[n] = dense_weight(dense[n])
     return out

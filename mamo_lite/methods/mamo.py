@@ -27,6 +27,7 @@ from torch.func import grad
 
 from mamo_lite.data.tasks import TaskBatch
 from mamo_lite.meta.engine import MetaConfig, MetaLearner, Params
+from mamo_lite.meta.factored import Mixture
 from mamo_lite.methods.memories import attention, attentive_write_sequence, personal_bias, read
 from mamo_lite.models.recommender import EmbeddingRecommender
 from mamo_lite.utils import check_literal_fields, check_range
@@ -192,14 +193,27 @@ class MAMOLearner(MetaLearner):
 
     def init_fast(self, params: Params, memories: dict[str, Tensor], task: dict) -> tuple[Params, dict]:
         """Personalised initialisation, Eqs. 3–4, 7, 9–10."""
+        return self._initialise(params, memories, task, mixtures=False)
+
+    def init_fast_batch(self, params: Params, memories: dict[str, Tensor], task: dict) -> tuple[Params, dict]:
+        """Eqs. 3–4, 7, 9–10 for a batch of users (the batched path): each ``θ_u`` weight matrix is kept as the
+        :class:`~mamo_lite.meta.factored.Mixture` ``φ_u − τ Σ_k a_uk M_U[k]``, never as one matrix per user."""
+        return self._initialise(params, memories, task, mixtures=True)
+
+    def _initialise(self, params: Params, memories: dict[str, Tensor], task: dict,
+                    mixtures: bool) -> tuple[Params, dict]:
         mc = self.mamo_config
         p_u = self.model.user_profile_vector(task["user_x"], params)
         a_u = attention(p_u, memories["profile"])  # Eq. 3
         fast = {n: params[n] for n in self._local_init}  # θ ← φ  (Eq. 10)
         if mc.use_bias:
-            b_u = personal_bias(a_u, {n: memories[f"gradient:{n}"] for n in self._user_params})  # Eq. 4
+            slots = {n: memories[f"gradient:{n}"] for n in self._user_params}
+            mixed = {n for n in slots if mixtures and params[n].dim() == 2}
+            b_u = personal_bias(a_u, {n: s for n, s in slots.items() if n not in mixed})  # Eq. 4
             for n, b in b_u.items():
                 fast[n] = params[n] - mc.tau * b  # Eq. 9
+            for n in mixed:  # Eqs. 4 and 9 as one mixture of [φ_u, M_U[1..K]] with weights [1, −τ a_u]
+                fast[n] = Mixture.of(params[n], -mc.tau * a_u, slots[n])
         if mc.use_preference:
             fast["preference.weight"] = read(a_u, memories["preference"])  # Eq. 7
         return fast, {"attention": a_u, "profile": p_u}

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mamo_lite.meta.factored import LowRank
+
 
 def attention(profile: Tensor, profile_memory: Tensor, eps: float = 1e-8) -> Tensor:
     """Eq. 3: ``a_u = softmax_k(cos(p_u, M_P[k]))``.
@@ -49,12 +51,14 @@ def attentive_write(memory: Tensor, a: Tensor, x: Tensor, rate: float) -> Tensor
     return rate * outer + (1.0 - rate) * memory
 
 
-def attentive_write_sequence(memory: Tensor, a: Tensor, x: Tensor, rate: float) -> Tensor:
+def attentive_write_sequence(memory: Tensor, a: Tensor, x: Tensor | LowRank, rate: float) -> Tensor:
     """``n`` writes in order (``a``: ``[n, K]``, ``x``: ``[n, ...]``) in closed form.
 
     Unrolling ``M_j = c·(a_j ⊗ x_j) + (1 − c)·M_{j−1}`` gives
     ``M_n = (1 − c)^n M_0 + Σ_j c (1 − c)^{n−j} a_j ⊗ x_j`` — identical to calling
-    :func:`attentive_write` for ``j = 1..n``, in one batched contraction.
+    :func:`attentive_write` for ``j = 1..n``, in one batched contraction. ``x`` may be a
+    :class:`~mamo_lite.meta.factored.LowRank` (the batched path's Eq. 6 gradients), whose sum is taken
+    without forming the ``n`` matrices.
     """
     n = a.shape[0]
     if n == 0:
@@ -62,5 +66,8 @@ def attentive_write_sequence(memory: Tensor, a: Tensor, x: Tensor, rate: float) 
     keep = 1.0 - rate
     powers = keep ** torch.arange(n - 1, -1, -1, dtype=torch.float64, device=memory.device)
     w = (rate * powers).to(memory.dtype)  # weight of user j's write after the last user
-    contrib = torch.tensordot(w.unsqueeze(-1) * a, x, dims=([0], [0]))  # Σ_j w_j a_j ⊗ x_j -> [K, ...]
+    if isinstance(x, LowRank):
+        contrib = x.weighted_sum(w.unsqueeze(-1) * a)
+    else:
+        contrib = torch.tensordot(w.unsqueeze(-1) * a, x, dims=([0], [0]))  # Σ_j w_j a_j ⊗ x_j -> [K, ...]
     return (keep**n) * memory + contrib
