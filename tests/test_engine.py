@@ -657,6 +657,88 @@ def test_batched_building_blocks_equal_their_per_user_forms(float64):
     assert per_user[2] == 0  # a user without ratings: zero, not NaN
 
 
+def test_mixture_and_low_rank_equal_their_dense_matrices(float64):
+    """The batched path's factored per-user matrices by hand: a :class:`Mixture` applied to inputs equals its dense
+    matrices applied user by user, and a :class:`LowRank`'s dense form, user-weighted sum (Eqs. 6 and 8's writes),
+    detach and concatenation equal the dense computations, for every kind of base."""
+    from mamo_lite.meta.factored import LowRank, Mixture, apply_linear
+    from mamo_lite.methods.memories import attentive_write_sequence
+
+    gen = torch.Generator().manual_seed(36)
+    phi, slots, a = torch.randn(4, 6, generator=gen), torch.randn(3, 4, 6, generator=gen), torch.rand(5, 3, generator=gen)
+    mix = Mixture.of(phi, -0.1 * a, slots)  # MAMO's θ_u = φ_u − τ Σ_k a_uk M_U[k] (Eqs. 4, 9)
+    by_hand = torch.stack([phi - 0.1 * sum(a[u, k] * slots[k] for k in range(3)) for u in range(5)])
+    torch.testing.assert_close(mix.dense(), by_hand)
+    assert mix.shape == (4, 6)
+    z, b = torch.randn(5, 7, 6, generator=gen), torch.randn(5, 4, generator=gen)
+    torch.testing.assert_close(apply_linear(z, mix, b), torch.stack([F.linear(z[u], by_hand[u], b[u]) for u in range(5)]))
+    torch.testing.assert_close(apply_linear(z[:, 0], mix, None), torch.stack([by_hand[u] @ z[u, 0] for u in range(5)]))
+    with pytest.raises(ValueError, match=r"coef \[B, S\] and slots \[S, out, in\]"):
+        Mixture(a, slots[:2])
+
+    left, right = torch.randn(5, 2, 4, generator=gen), torch.randn(5, 2, 6, generator=gen)
+    outer = torch.stack([left[u].mT @ right[u] for u in range(5)])
+    w = torch.rand(5, 3, generator=gen)
+    for base, dense_base in ((None, torch.zeros(5, 4, 6)), (phi, phi.expand(5, 4, 6)), (by_hand, by_hand),
+                             (Mixture(a, slots), Mixture(a, slots).dense())):
+        lr = LowRank(left, right, base)
+        full = dense_base + outer
+        torch.testing.assert_close(lr.dense(), full)
+        torch.testing.assert_close(lr.weighted_sum(w), torch.einsum("uk,uoi->koi", w, full))
+        torch.testing.assert_close(lr.detach().dense(), full)
+        if not isinstance(base, Mixture):  # (mixtures: below)
+            halves = [base if base is None or base.dim() == 2 else base[i] for i in (slice(0, 2), slice(2, 5))]
+            joined = LowRank.cat([LowRank(left[:2], right[:2], halves[0]), LowRank(left[2:], right[2:], halves[1])])
+            torch.testing.assert_close(joined.dense(), full)
+        memory = torch.randn(3, 4, 6, generator=gen)  # the write of Eqs. 6/8 sums the factors without forming them
+        torch.testing.assert_close(attentive_write_sequence(memory, w, lr, 0.3),
+                                   attentive_write_sequence(memory, w, full, 0.3))
+    mixed = [LowRank(left[:2], right[:2], Mixture(a[:2], slots)), LowRank(left[2:], right[2:], Mixture(a[2:], slots))]
+    torch.testing.assert_close(LowRank.cat(mixed).dense(), Mixture(a, slots).dense() + outer)
+    with pytest.raises(ValueError, match=r"left \[B, r, out\] and right \[B, r, in\]"):
+        LowRank(left, right[:, :1])
+
+
+def test_batch_hooks_default_to_the_per_user_ones():
+    """``init_fast_batch`` / ``user_aux_batch``: θ ← φ and no aux for the engine's own hooks; ``None`` (the batched
+    path then maps the per-user hook with ``vmap``) for a learner that overrides the per-user hook."""
+
+    class Custom(MetaLearner):
+        def init_fast(self, params, memories, task):
+            return super().init_fast(params, memories, task)
+
+        def user_aux(self, params, fast, context, task):
+            return {}
+
+    maml = tiny_learner("maml")
+    params = {n: p.detach() for n, p in maml.params().items()}
+    fast, context = maml.init_fast_batch(params, {}, {})
+    assert context == {} and all(fast[n] is params[n] for n in maml.local_names())
+    assert maml.user_aux_batch(params, {}, {}, {}) == {}
+    custom = Custom(maml.model, maml.config)
+    assert custom.init_fast_batch(params, {}, {}) is None and custom.user_aux_batch(params, {}, {}, {}) is None
+
+
+def test_mamo_batched_path_keeps_its_per_user_matrices_factored(float64, monkeypatch):
+    """With the fast paths, MAMO's batched meta-gradient returns Eq. 6's gradients and Eq. 8's adapted M_{u,I}
+    (its layer in factored form) as factors that the writes sum without forming [B, out, in], equal to the
+    reference path's dense tensors."""
+    from mamo_lite.meta import batched
+    from mamo_lite.meta.factored import LowRank
+
+    monkeypatch.setattr(batched, "FACTOR_RANK", 1e9)  # the tiny network's layers would otherwise be dense
+
+    learner = _factored_learner("mamo-book-fused", True)
+    batch = tiny_batch(SPEC, n_users=4, seed=37)
+    _, _, plain = meta_gradient(learner, batch, path="loop", with_aux=True)
+    learner.use_fast_paths()
+    _, _, aux = meta_gradient(learner, batch, path="vmap", with_aux=True)
+    weights = [k for k in aux if k.startswith("gradient:") and k.endswith(".weight")]
+    assert weights and all(isinstance(aux[k], LowRank) for k in [*weights, "preference"])
+    for k, v in aux.items():
+        torch.testing.assert_close(_dense(v), plain[k], rtol=1e-10, atol=1e-12, msg=k)
+
+
 def test_batched_gather_keeps_each_distinct_row_once(float64):
     """The batched gather: per user, one fast row per distinct index (padded to the batch's largest count, index 0
     first), and the recommender reads the same values through it as through the whole tables."""

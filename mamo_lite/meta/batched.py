@@ -30,6 +30,7 @@ used by the ``"vmap"`` path when it applies (:func:`applies`); the ``"loop"`` pa
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 
@@ -243,8 +244,7 @@ def _adapted_losses(learner, params: Params, fast: Params, task: dict, taps: Par
     inputs: Params = {}
     losses = _losses(learner.model, {**params, **fast}, factors, cfg.local_lr, task, "query", outputs, inputs)
     names = list(fast) if reads is None else reads
-    adapted = factored.materialise(fast, factors, cfg.local_lr, names)
-    return losses, {n: _per_user_copy(adapted[n], users, shapes[n]) for n in names}, inputs
+    return losses, factored.adapted_forms(fast, factors, cfg.local_lr, names), inputs
 
 
 def _tapped_layers(model: EmbeddingRecommender, names) -> dict[str, str]:
@@ -271,9 +271,17 @@ def _tap_gradient(name: str, delta: Tensor, x: Tensor) -> Tensor | factored.LowR
 
 
 def _aux(learner, params: Params, adapted: Params, context: dict, task: dict) -> dict:
-    """``user_aux`` of each user (under ``vmap``) from its adapted tensors."""
+    """``user_aux`` of each user: the learner's ``user_aux_batch`` on the adapted tensors as they are (factored forms
+    included), else ``user_aux`` under ``vmap`` on dense per-user copies."""
     users = task["support_y"].shape[0]
-    return vmap(lambda f, c, t: learner.user_aux(params, f, c, t))(adapted, _batched(context, users), task)
+    context = _batched(context, users)
+    aux = learner.user_aux_batch(params, adapted, context, task)
+    if aux is not None:
+        return aux
+    shapes = dict(learner.model.named_parameters())
+    dense = {n: _per_user_copy(v.dense() if isinstance(v, (factored.LowRank, factored.Mixture)) else v, users,
+                               shapes[n]) for n, v in adapted.items()}
+    return vmap(lambda f, c, t: learner.user_aux(params, f, c, t))(dense, context, task)
 
 
 def _batched(context: dict, users: int) -> dict:
@@ -290,19 +298,28 @@ def _groups(learner, batch: TaskBatch) -> list[TaskBatch]:
 
 
 def _in_threads(fn, items: list) -> list:
-    """``[fn(x) for x in items]``, one Python thread per item (each with one intra-op torch thread) when there are
-    several. ``fn`` must not use ``torch.func`` transforms: they are not thread-safe, and a ``vmap`` in one thread
-    next to tensor operations in another can fail or deadlock. So the ``vmap`` parts (initialisation, gathered rows,
-    ``user_aux``) run in the calling thread, before and after; the threads run Eq. 11, the query loss and autograd."""
+    """``[fn(x) for x in items]``: one Python thread per item when there are several (the caller holds torch to one
+    intra-op thread, :func:`_one_intra_op_thread`). ``fn`` must not use ``torch.func`` transforms: they are not
+    thread-safe, and a ``vmap`` in one thread next to tensor operations in another can fail or deadlock. So the
+    ``vmap`` parts (initialisation, gathered rows, ``user_aux``) run in the calling thread, before and after; the
+    threads run Eq. 11, the query loss and autograd."""
     if len(items) == 1:
         return [fn(items[0])]
     from concurrent.futures import ThreadPoolExecutor
 
+    with ThreadPoolExecutor(len(items)) as pool:
+        return list(pool.map(fn, items))
+
+
+@contextlib.contextmanager
+def _one_intra_op_thread():
+    """torch on one intra-op thread for the batched path (restored after): its parallelism is over groups of users
+    (:func:`_in_threads`). On 2 CPU cores a light meta-step's many small operations also run faster on one thread
+    than shared out (``MetaLearner.fast_path_threads``)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(len(items)) as pool:
-            return list(pool.map(fn, items))
+        yield
     finally:
         torch.set_num_threads(threads)
 
@@ -312,8 +329,8 @@ def meta_gradient(learner, batch: TaskBatch, *, with_aux: bool = False) -> tuple
     aux)`` with the same meaning, grads w.r.t. ``learner.global_names()`` of the reduced query loss.
 
     The users are cut into ``learner.batched_threads`` groups; each group's summed query loss is differentiated in
-    its own thread (with one intra-op thread; the ``vmap`` parts stay in the calling thread) and the gradients
-    are added in group order.
+    its own thread (the ``vmap`` parts stay in the calling thread) and the gradients are added in group order;
+    torch runs on one intra-op thread throughout.
     """
     all_params = {n: p.detach() for n, p in learner.params().items()}
     names = learner.global_names()
@@ -322,10 +339,9 @@ def meta_gradient(learner, batch: TaskBatch, *, with_aux: bool = False) -> tuple
     memories = {k: v.detach() for k, v in learner.memory_state().items()}
     tapped = dict.fromkeys((learner.aux_taps() if with_aux else {}).values())
     reads = learner.aux_reads() if with_aux else []
-    with torch.enable_grad():
+    by_layer = _tapped_layers(learner.model, tapped)
+    with torch.enable_grad(), _one_intra_op_thread():
         starts = [_start(learner, params, memories, learner.batch_inputs(sub)) for sub in _groups(learner, batch)]
-
-        by_layer = _tapped_layers(learner.model, tapped)
 
         def run(start: tuple) -> tuple:
             fast, _, task = start
@@ -366,6 +382,11 @@ def _joined(pieces: list) -> Tensor | factored.LowRank:
 def predict(learner, params: Params, memories: dict, batch: TaskBatch, steps: int | None = None) -> Tensor:
     """Algorithm 2 for a batch of users (the batched :func:`~mamo_lite.meta.engine.user_predictions`): query
     predictions ``[B, Q]``, the users cut into ``learner.batched_threads`` groups as in :func:`meta_gradient`."""
+    with _one_intra_op_thread():
+        return _predict(learner, params, memories, batch, steps)
+
+
+def _predict(learner, params: Params, memories: dict, batch: TaskBatch, steps: int | None) -> Tensor:
     cfg = learner.config
     starts = [_start(learner, params, memories, learner.batch_inputs(sub)) for sub in _groups(learner, batch)]
 

@@ -172,8 +172,8 @@ class MetaLearner(nn.Module):
     configuration) their rank reaches 135 and it gains nothing (``bench/results/floor-cpu.json``).
 
     ``batched_threads`` (default 1) cuts the batched path's meta-batch into that many groups of users, each run
-    in its own thread with one intra-op thread; :meth:`use_fast_paths` sets it to torch's thread count where a
-    user's work is more than one first-order local step.
+    in its own thread, torch on one intra-op thread; :meth:`use_fast_paths` sets it to torch's thread count where
+    a user's work is more than one first-order local step (:meth:`fast_path_threads`).
 
     ``batched_users`` (an engine option like ``gather_rows``, default ``False``) has the ``"vmap"`` path run the
     whole meta-batch as batched tensor operations with plain autograd instead of a per-user function under
@@ -207,8 +207,10 @@ class MetaLearner(nn.Module):
 
     def fast_path_threads(self) -> int:
         """The ``batched_threads`` that :meth:`use_fast_paths` sets: torch's thread count where a user's work is more
-        than one first-order local step, else 1 (measured on 2 CPU cores, real MovieLens-1M: MAMO's authors'
-        configuration, 9 steps, 3.8 → 3.0 ms per user when split; the book's MAMO, 1 step, 0.88 → 1.15 ms)."""
+        than one first-order local step, else 1 (the batched path always runs torch on one intra-op thread, its
+        parallelism being over groups of users). Measured on 2 CPU cores, ML-1M's shapes, ms per user: MAMO's
+        authors' configuration, 9 steps, 3.7 in one group → 2.6 in two; second order, MAMO 0.63 → 0.60 and MAML
+        0.54 → 0.51; one first-order step, MAMO 0.38 → 0.46 and MAML 0.28 → 0.33 (split is slower)."""
         cfg = self.config
         heavy = cfg.inner_steps > 1 or cfg.local_update == "per-item" or not cfg.first_order
         return max(1, torch.get_num_threads()) if heavy else 1
@@ -249,6 +251,15 @@ class MetaLearner(nn.Module):
     def user_aux(self, params: Params, fast: Params, context: dict, task: dict) -> dict[str, Tensor]:
         """Per-user values a learner needs after adaptation (MAMO: what its memories write)."""
         return {}
+
+    def user_aux_batch(self, params: Params, adapted: Params, context: dict, task: dict) -> dict | None:
+        """:meth:`user_aux` for a whole batch of users at once, for the batched path (``batched_users``), or ``None``
+        to have that path run :meth:`user_aux` per user under ``vmap`` on dense copies. ``adapted`` holds the adapted
+        tensors :meth:`aux_reads` names as that path keeps them (shared, per user, or a factored form:
+        :class:`~mamo_lite.meta.factored.Mixture`, :class:`~mamo_lite.meta.factored.LowRank`); values returned may
+        be a :class:`~mamo_lite.meta.factored.LowRank` where :meth:`write_memories` accepts one. Default: ``{}``
+        where :meth:`user_aux` is this class's, else ``None``."""
+        return {} if type(self).user_aux is MetaLearner.user_aux else None
 
     def aux_taps(self) -> dict[str, str]:
         """Per-user gradients the engine takes from the main pass's graph: ``{aux key: local parameter}``.

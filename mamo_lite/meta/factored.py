@@ -101,19 +101,21 @@ class Mixture:
 
 
 class LowRank:
-    """Per-user matrices kept as sums of outer products, ``G_u = Σ_r L_urᵀ R_ur`` (``left`` ``[B, r, out]``, ``right``
-    ``[B, r, in]``), never formed as ``[B, out, in]`` unless asked (:meth:`dense`).
+    """Per-user matrices kept as a base plus sums of outer products, ``G_u = B_u + Σ_r L_urᵀ R_ur`` (``left``
+    ``[B, r, out]``, ``right`` ``[B, r, in]``; ``base`` none, one matrix ``[out, in]`` shared by the users, one per
+    user ``[B, out, in]``, or a :class:`Mixture`), never formed as ``[B, out, in]`` unless asked (:meth:`dense`).
 
     A linear layer's per-user gradient at the adapted weights is one, ``∇_θ L = Δᵀ X`` (``r`` rows: one for a
-    user-tower layer): the batched path gives MAMO's ``M_U`` gradients of Eq. 6 (``fused_memory_write``) in this
-    form, and Eq. 6's write needs only :meth:`weighted_sum`.
+    user-tower layer), and so is a factored adapted weight, ``θ̂ = θ_0 − ρ Δᵀ X`` (base ``θ_0``): the batched
+    path gives MAMO's ``M_U`` gradients of Eq. 6 (``fused_memory_write``) and adapted ``M_{u,I}`` of Eq. 8 in
+    this form, and the writes need only :meth:`weighted_sum`.
     """
 
-    def __init__(self, left: Tensor, right: Tensor) -> None:
+    def __init__(self, left: Tensor, right: Tensor, base: Tensor | Mixture | None = None) -> None:
         if left.dim() != 3 or right.dim() != 3 or left.shape[:2] != right.shape[:2]:
             raise ValueError(f"LowRank needs left [B, r, out] and right [B, r, in]; got {tuple(left.shape)} and "
                              f"{tuple(right.shape)}")
-        self.left, self.right = left, right
+        self.left, self.right, self.base = left, right, base
 
     @property
     def shape(self) -> torch.Size:
@@ -121,25 +123,65 @@ class LowRank:
         return torch.Size((self.left.shape[0], self.left.shape[2], self.right.shape[2]))
 
     def dense(self) -> Tensor:
-        """``[B, out, in]``: each user's ``Σ_r L_urᵀ R_ur``."""
-        return torch.bmm(self.left.mT, self.right)
+        """``[B, out, in]``: each user's ``B_u + Σ_r L_urᵀ R_ur``."""
+        if self.base is None:
+            return torch.bmm(self.left.mT, self.right)
+        base = dense_weight(self.base)
+        return torch.baddbmm(base if base.dim() == 3 else base.expand(self.shape), self.left.mT, self.right)
 
     def detach(self) -> LowRank:
-        return LowRank(self.left.detach(), self.right.detach())
+        return LowRank(self.left.detach(), self.right.detach(), None if self.base is None else self.base.detach())
 
     def weighted_sum(self, weights: Tensor) -> Tensor:
-        """``Σ_u w_uk G_u`` for ``weights`` ``[B, K]``: ``[K, out, in]``, as one matrix product over the ``B·r`` rows
-        (``(B·r)·out·K·in`` multiply-adds, never the ``B`` dense matrices)."""
+        """``Σ_u w_uk G_u`` for ``weights`` ``[B, K]``: ``[K, out, in]``, the outer products as one matrix product
+        over the ``B·r`` rows (``(B·r)·out·K·in`` multiply-adds, never the ``B`` dense matrices)."""
         users, rank, out_f = self.left.shape
         in_f, k = self.right.shape[2], weights.shape[1]
-        scaled = self.right.unsqueeze(2) * weights.to(self.right.dtype)[:, None, :, None]  # [B, r, K, in]
+        weights = weights.to(self.right.dtype)
+        scaled = self.right.unsqueeze(2) * weights[:, None, :, None]  # [B, r, K, in]
         total = self.left.reshape(users * rank, out_f).mT @ scaled.reshape(users * rank, k * in_f)
-        return total.view(out_f, k, in_f).transpose(0, 1)
+        total = total.view(out_f, k, in_f).transpose(0, 1)
+        if self.base is None:
+            return total
+        if isinstance(self.base, Mixture):  # Σ_u w_uk Σ_s c_us S_s = Σ_s (wᵀ c)_ks S_s
+            part = (weights.mT @ self.base.coef) @ self.base.slots.flatten(1)
+        elif self.base.dim() == 2:  # shared: (Σ_u w_uk) θ_0
+            part = weights.sum(0)[:, None] * self.base.flatten()[None]
+        else:
+            part = weights.mT @ self.base.flatten(1)
+        return total + part.view(k, out_f, in_f)
 
     @staticmethod
     def cat(pieces: list[LowRank]) -> LowRank:
-        """The users of several :class:`LowRank` (the same ``r``) in order."""
-        return LowRank(torch.cat([p.left for p in pieces]), torch.cat([p.right for p in pieces]))
+        """The users of several :class:`LowRank` (the same ``r``, bases of one kind) in order."""
+        bases = [p.base for p in pieces]
+        if all(b is None for b in bases):
+            base = None
+        elif all(isinstance(b, Mixture) and b.slots is bases[0].slots for b in bases):
+            base = Mixture(torch.cat([b.coef for b in bases]), bases[0].slots)
+        elif all(isinstance(b, Tensor) and b.dim() == 2 and b is bases[0] for b in bases):
+            base = bases[0]
+        else:
+            base = torch.cat([p.base.dense() if isinstance(p.base, Mixture) else p.base.expand(len(p), *p.shape[1:])
+                              for p in pieces])
+        return LowRank(torch.cat([p.left for p in pieces]), torch.cat([p.right for p in pieces]), base)
+
+    def __len__(self) -> int:
+        return self.left.shape[0]
+
+
+def adapted_forms(dense: Params, factors: Factors, lr: float, names: list[str]) -> Params:
+    """:func:`materialise` without forming anything: a factored weight as the :class:`LowRank` ``θ_0 − ρ Δᵀ X``
+    (base ``θ_0``), every other tensor as it is (shared, per user or a :class:`Mixture`)."""
+    out = {}
+    for n in names:
+        layer = n.removesuffix(".weight")
+        if n.endswith(".weight") and layer in factors:
+            x_all, d_all = factors[layer]
+            out[n] = LowRank(d_all * -lr, x_all, dense[n])
+        else:
+            out[n] = dense[n]
+    return out
 
 
 def dense_weight(w: Tensor | Mixture) -> Tensor:

@@ -27,7 +27,7 @@ from torch.func import grad
 
 from mamo_lite.data.tasks import TaskBatch
 from mamo_lite.meta.engine import MetaConfig, MetaLearner, Params
-from mamo_lite.meta.factored import Mixture
+from mamo_lite.meta.factored import Mixture, dense_weight
 from mamo_lite.methods.memories import attention, attentive_write_sequence, personal_bias, read
 from mamo_lite.models.recommender import EmbeddingRecommender
 from mamo_lite.utils import check_literal_fields, check_range
@@ -214,8 +214,9 @@ class MAMOLearner(MetaLearner):
                 fast[n] = params[n] - mc.tau * b  # Eq. 9
             for n in mixed:  # Eqs. 4 and 9 as one mixture of [φ_u, M_U[1..K]] with weights [1, −τ a_u]
                 fast[n] = Mixture.of(params[n], -mc.tau * a_u, slots[n])
-        if mc.use_preference:
-            fast["preference.weight"] = read(a_u, memories["preference"])  # Eq. 7
+        if mc.use_preference:  # Eq. 7 (as the mixture of the K slots with weights a_u)
+            m = memories["preference"]
+            fast["preference.weight"] = Mixture(a_u, m) if mixtures else read(a_u, m)
         return fast, {"attention": a_u, "profile": p_u}
 
     def user_aux(self, params: Params, fast: Params, context: dict, task: dict) -> dict[str, Tensor]:
@@ -225,15 +226,28 @@ class MAMOLearner(MetaLearner):
         engine take it from the main pass (``fused_memory_write``).
         """
         mc = self.mamo_config
-        aux = {"attention": context["attention"].detach(), "profile": context["profile"].detach()}
-        if mc.use_preference:
-            aux["preference"] = fast["preference.weight"].detach()
+        aux = self._read_aux(fast, context)
         if mc.use_bias and not self.aux_taps():
             fixed = {k: v.detach() for k, v in fast.items()}
             consts = {k: v.detach() for k, v in params.items()}
             own = {n: fixed[n] for n in self._user_params}
             g = grad(lambda f: self.task_loss(consts, {**fixed, **f}, task, mc.gradient_source))(own)
             aux.update({f"gradient:{n}": v.detach() for n, v in g.items()})
+        return aux
+
+    def user_aux_batch(self, params: Params, adapted: Params, context: dict, task: dict) -> dict | None:
+        """:meth:`user_aux` for a batch of users (the batched path) when Eq. 6's gradient comes from the main pass
+        (:meth:`aux_taps`): ``a_u``, ``p_u`` and the adapted ``M_{u,I}``, the latter possibly as the factored
+        :class:`~mamo_lite.meta.factored.LowRank` ``M_{u,I} − ρ Δᵀ X`` that Eq. 8's write sums without forming it.
+        ``None`` (per user under ``vmap``) when the separate gradient pass runs."""
+        if self.mamo_config.use_bias and not self.aux_taps():
+            return None
+        return self._read_aux(adapted, context)
+
+    def _read_aux(self, fast: Params, context: dict) -> dict:
+        aux = {"attention": context["attention"].detach(), "profile": context["profile"].detach()}
+        if self.mamo_config.use_preference:
+            aux["preference"] = dense_weight(fast["preference.weight"]).detach()  # a LowRank stays one
         return aux
 
     @torch.no_grad()
