@@ -299,7 +299,7 @@ def _groups(learner, batch: TaskBatch) -> list[TaskBatch]:
 
 def _in_threads(fn, items: list) -> list:
     """``[fn(x) for x in items]``: one Python thread per item when there are several (the caller holds torch to one
-    intra-op thread, :func:`_one_intra_op_thread`). ``fn`` must not use ``torch.func`` transforms: they are not
+    intra-op thread, :func:`one_intra_op_thread`). ``fn`` must not use ``torch.func`` transforms: they are not
     thread-safe, and a ``vmap`` in one thread next to tensor operations in another can fail or deadlock. So the
     ``vmap`` parts (initialisation, gathered rows, ``user_aux``) run in the calling thread, before and after; the
     threads run Eq. 11, the query loss and autograd."""
@@ -312,10 +312,11 @@ def _in_threads(fn, items: list) -> list:
 
 
 @contextlib.contextmanager
-def _one_intra_op_thread():
-    """torch on one intra-op thread for the batched path (restored after): its parallelism is over groups of users
-    (:func:`_in_threads`). On 2 CPU cores a light meta-step's many small operations also run faster on one thread
-    than shared out (``MetaLearner.fast_path_threads``)."""
+def one_intra_op_thread():
+    """torch on one intra-op thread for the batched path (restored after), and for the memory writes and optimiser
+    step that follow it in a meta-update: its parallelism is over groups of users (``_in_threads``). On 2 CPU
+    cores a light meta-step's many small operations also run faster on one thread than shared out
+    (``MetaLearner.fast_path_threads``)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -340,7 +341,7 @@ def meta_gradient(learner, batch: TaskBatch, *, with_aux: bool = False) -> tuple
     tapped = dict.fromkeys((learner.aux_taps() if with_aux else {}).values())
     reads = learner.aux_reads() if with_aux else []
     by_layer = _tapped_layers(learner.model, tapped)
-    with torch.enable_grad(), _one_intra_op_thread():
+    with torch.enable_grad(), one_intra_op_thread():
         starts = [_start(learner, params, memories, learner.batch_inputs(sub)) for sub in _groups(learner, batch)]
 
         def run(start: tuple) -> tuple:
@@ -382,7 +383,7 @@ def _joined(pieces: list) -> Tensor | factored.LowRank:
 def predict(learner, params: Params, memories: dict, batch: TaskBatch, steps: int | None = None) -> Tensor:
     """Algorithm 2 for a batch of users (the batched :func:`~mamo_lite.meta.engine.user_predictions`): query
     predictions ``[B, Q]``, the users cut into ``learner.batched_threads`` groups as in :func:`meta_gradient`."""
-    with _one_intra_op_thread():
+    with one_intra_op_thread():
         return _predict(learner, params, memories, batch, steps)
 
 

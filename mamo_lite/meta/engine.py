@@ -23,6 +23,7 @@ batched tensor operations instead (:mod:`mamo_lite.meta.batched`), with the same
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass
@@ -621,8 +622,9 @@ def uniform_meta_update(learner: MetaLearner, batch: TaskBatch, optimizer: torch
     params = learner.params()
     for n, g in grads.items():
         params[n].grad = g
-    learner.write_memories(aux)
-    learner.before_optimizer_step()
-    optimizer.step()
+    with batched.one_intra_op_thread() if _runs_batched(learner, path) else contextlib.nullcontext():
+        learner.write_memories(aux)
+        learner.before_optimizer_step()
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return losses
