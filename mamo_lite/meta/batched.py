@@ -7,10 +7,16 @@ every operation of every step dispatched through ``vmap``'s and ``torch.func.gra
 module computes the same quantities for the whole batch with ordinary batched tensors and plain
 ``torch.autograd``:
 
-* the per-user initialisation (``MetaLearner.init_fast``, MAMO's Eqs. 3–4, 7, 9–10) and the per-user
-  ``user_aux`` still run under ``vmap`` (one call each); a local weight that is still ``φ`` itself after the
-  initialisation stays one shared tensor, so its products with the batch's rows are one matrix product for
-  all users; gathered embedding rows are each user's distinct rows (:func:`gather_rows`);
+* the per-user initialisation and ``user_aux`` run for the whole batch through the learner's
+  ``init_fast_batch`` / ``user_aux_batch`` where it has them (MAML: ``θ ← φ``; MAMO: Eqs. 3–4, 7, 9–10 and
+  what the writes need), else ``init_fast`` / ``user_aux`` under ``vmap`` (one call each). A local weight that
+  is still ``φ`` itself stays one shared tensor, so its products with the batch's rows are one matrix product
+  for all users. MAMO's personalised weights stay in factored form: ``θ_u = φ_u − τ Σ_k a_uk M_U[k]`` and
+  ``M_{u,I} = Σ_k a_uk M_{U,I}[k]`` as a :class:`~mamo_lite.meta.factored.Mixture` of shared matrices (one
+  matrix product with the stacked slots instead of ``B`` per-user ``[150, 300]`` and ``[100, 200]`` copies),
+  and the gradients and adapted matrices its memories write (Eqs. 6, 8) as
+  :class:`~mamo_lite.meta.factored.LowRank` factors that the writes sum without forming them. Gathered
+  embedding rows are each user's distinct rows (:func:`gather_rows`);
 * each local step (Eq. 11) takes the loss gradient w.r.t. each local linear layer's *output* (``Δ``, via a
   zero "tap", as :mod:`mamo_lite.meta.factored` does) and the layer's input ``X`` from one forward and one
   backward pass: ``∇_θ L_S = Δᵀ X`` is the weight gradient the reference path gets from autograd, never
@@ -19,7 +25,9 @@ module computes the same quantities for the whole batch with ordinary batched te
   dense per-user weight updated in one fused kernel, ``θ ← θ − ρ Δᵀ X`` (``torch.baddbmm``, in place at first
   order). Biases and embedding rows take ``θ ← θ − ρ g`` as before;
 * the users of a batch are independent, so the gradient of the *sum* of their support losses w.r.t. a
-  per-user tensor is each user's own gradient: one backward pass gives all of them.
+  per-user tensor is each user's own gradient: one backward pass gives all of them;
+* torch runs on one intra-op thread (:func:`one_intra_op_thread`); the parallelism is over groups of users,
+  ``MetaLearner.batched_threads`` Python threads.
 
 The maths is the reference path's (tests compare query losses, meta-gradients, memory writes and predictions
 with it to float rounding, first and second order, ``"batch"`` and ``"per-item"`` local updates, with and

@@ -271,7 +271,9 @@ class MetaLearner(nn.Module):
         ``∂L_Q/∂θ̂`` of that user at its adapted weights and lands in ``aux[key]``. One backward pass then
         gives both the meta-gradient and these gradients. Default: none (MAMO's opt-in
         ``fused_memory_write`` names the ``M_U`` gradients of Eq. 6). Only the default per-user algorithm
-        applies the taps: a learner that overrides :meth:`user_objective` must return ``{}`` here.
+        applies the taps: a learner that overrides :meth:`user_objective` must return ``{}`` here. The batched
+        path (``batched_users``) taps a linear layer's *output* on the query pass instead and returns its weight's
+        gradient ``Δᵀ X`` as a :class:`~mamo_lite.meta.factored.LowRank` (the same values, never formed).
         """
         return {}
 
@@ -545,7 +547,9 @@ def meta_gradient(learner: MetaLearner, batch: TaskBatch, *, path: Path = "vmap"
 
     Returns ``(grads, per_user_query_losses, aux)``; ``grads`` are w.r.t. ``learner.global_names()``
     of the reduced (mean or sum) query loss. Nothing is modified. With ``with_aux`` and a learner that
-    names :meth:`MetaLearner.aux_taps`, the same backward pass also gives those per-user gradients.
+    names :meth:`MetaLearner.aux_taps`, the same backward pass also gives those per-user gradients. On the
+    batched path (``batched_users``) an aux value may be a :class:`~mamo_lite.meta.factored.LowRank`
+    (``.dense()`` gives the tensor), which :meth:`MetaLearner.write_memories` receives as it is.
     """
     if _runs_batched(learner, path):
         return batched.meta_gradient(learner, batch, with_aux=with_aux)
