@@ -92,12 +92,12 @@ class Mixture:
         return (self.coef @ self.slots.flatten(1)).view(self.coef.shape[0], *self.shape)
 
     def apply(self, z: Tensor) -> Tensor:
-        """``z W_uᵀ`` for ``z`` ``[B, ..., in]``: ``[B, ..., out]``."""
+        """``z W_uᵀ`` for ``z`` ``[B, ..., in]``: ``[B, ..., out]``, as ``[c_u1 z, …, c_uS z] [S_1, …, S_S]ᵀ``, one
+        matrix product over the stacked slots for all users."""
         users, (n_slots, out_f, in_f) = z.shape[0], self.slots.shape
-        rows = z.reshape(users, -1, in_f)
-        h = F.linear(rows, self.slots.reshape(n_slots * out_f, in_f)).view(users, -1, n_slots, out_f)
-        h = torch.einsum("bnso,bs->bno", h, self.coef)
-        return h.reshape(*z.shape[:-1], out_f)
+        rows = z.reshape(users, -1, 1, in_f) * self.coef[:, None, :, None].to(z.dtype)  # [B, n, S, in]
+        stacked = self.slots.permute(1, 0, 2).reshape(out_f, n_slots * in_f)
+        return F.linear(rows.reshape(users, -1, n_slots * in_f), stacked).reshape(*z.shape[:-1], out_f)
 
 
 class LowRank:
@@ -232,8 +232,15 @@ def forward(model: EmbeddingRecommender, weights: Params, factors: Factors, lr: 
     ``Δ``; ``inputs``, if given, receives each tapped layer's input ``X``.
     """
 
-    def linear(name: str, z: Tensor) -> Tensor:
-        h = apply_linear(z, weights[f"{name}.weight"], weights.get(f"{name}.bias"))
+    def linear(name: str, z: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+        w, b = weights[f"{name}.weight"], weights.get(f"{name}.bias")
+        if isinstance(z, tuple):  # z = [e_u, e_i] per item: e_u's share of z wᵀ once per user, not once per item
+            e_u, e_i = z
+            d = e_u.shape[-1]
+            h = apply_linear(e_i, _columns(w, d, None), b) + apply_linear(e_u, _columns(w, 0, d), None).unsqueeze(-2)
+            z = _joined(z) if name in factors or (taps is not None and name in taps) else None
+        else:
+            h = apply_linear(z, w, b)
         if name in factors:
             h = h - lr * low_rank(z, *factors[name])
         if taps is not None and name in taps:
@@ -242,18 +249,33 @@ def forward(model: EmbeddingRecommender, weights: Params, factors: Factors, lr: 
                 inputs[name] = z
         return h
 
-    def sequence(prefix: str, modules: nn.Sequential, z: Tensor) -> Tensor:
+    def sequence(prefix: str, modules: nn.Sequential, z: Tensor | tuple[Tensor, Tensor]) -> Tensor:
         for i, m in enumerate(modules):
-            z = linear(f"{prefix}.{i}", z) if isinstance(m, nn.Linear) else m(z)
-        return z
+            z = linear(f"{prefix}.{i}", z) if isinstance(m, nn.Linear) else m(_joined(z))
+        return _joined(z)
 
     e_u = sequence("user_tower", model.user_tower, model.user_profile_vector(user_x, weights))
     e_i = sequence("item_tower", model.item_tower, model.item_profile_vector(item_x, weights))
-    x = torch.cat([e_u.unsqueeze(-2).expand(*e_i.shape[:-1], e_u.shape[-1]), e_i], -1)
+    x = (e_u, e_i)  # Eq. 2's input [e_u, e_i], concatenated only where a pass needs it whole
     if model.preference is not None:
         x = linear("preference", x)
     out = linear("out", sequence("decision", model.decision, x))
     return out.squeeze(-1) if model.config.head == "regression" else out
+
+
+def _joined(z: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+    """``[e_u, e_i]`` per item (``e_u`` repeated over the items), or ``z`` itself if it is a tensor."""
+    if not isinstance(z, tuple):
+        return z
+    e_u, e_i = z
+    return torch.cat([e_u.unsqueeze(-2).expand(*e_i.shape[:-1], e_u.shape[-1]), e_i], -1)
+
+
+def _columns(w: Tensor | Mixture, start: int, stop: int | None) -> Tensor | Mixture:
+    """Input columns ``start:stop`` of a weight (shared ``[out, in]``, per user ``[B, out, in]`` or a :class:`Mixture`)."""
+    if isinstance(w, Mixture):
+        return Mixture(w.coef, w.slots[..., start:stop])
+    return w[..., start:stop]
 
 
 def _output_shapes(model: EmbeddingRecommender, names: list[str], task: dict,
