@@ -65,7 +65,7 @@ AUTHORS_REPO = "https://github.com/dongmanqing/Code-for-MAMO"
 AUTHORS_COMMIT = "feb5b9043056f1999cadfc59ffec759dff99b618"
 TARGET_SPEEDUP = 20.0
 DEFAULT_CONFIGS = ("mamo-authors,mamo-authors+gather+fused,mamo-authors+gather+fused+factored,"
-                   "mamo-authors+gather+fused+batched,mamo,mamo+batched")
+                   "mamo-authors+gather+fused+batched,mamo,mamo+fused+batched")
 
 PATCHES: list[dict[str, str]] = [
     {"file": "configs.py", "old": "'cuda_option': 'cuda:5'", "new": "'cuda_option': 'cpu'",
