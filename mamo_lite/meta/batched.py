@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -320,9 +321,9 @@ def _in_threads(fn, items: list) -> list:
 
 
 @contextlib.contextmanager
-def one_intra_op_thread():
+def one_intra_op_thread() -> Iterator[None]:
     """torch on one intra-op thread for the batched path (restored after), and for the memory writes and optimiser
-    step that follow it in a meta-update: its parallelism is over groups of users (``_in_threads``). On 2 CPU
+    step that follow it in a meta-update: its parallelism is over groups of users (``batched_threads``). On 2 CPU
     cores a light meta-step's many small operations also run faster on one thread than shared out
     (``MetaLearner.fast_path_threads``)."""
     threads = torch.get_num_threads()
