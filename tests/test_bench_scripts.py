@@ -311,7 +311,7 @@ def test_authors_configuration_specs(monkeypatch):
     assert [authors.parse_config(c) for c in authors.DEFAULT_CONFIGS.split(",")] == [
         ("mamo-authors", False, False, False, False), ("mamo-authors", True, True, False, False),
         ("mamo-authors", True, True, True, False), ("mamo-authors", True, True, False, True),
-        ("mamo", False, False, False, False), ("mamo", False, False, False, True)]
+        ("mamo", False, False, False, False), ("mamo", False, True, False, True)]
 
 
 def test_authors_script_refuses_an_absent_or_unprepared_checkout(tmp_path):
