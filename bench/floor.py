@@ -52,6 +52,8 @@ one run on one machine).
     python bench/floor.py --configs mamo --gather off --fused off,on      # MAMO's memory write fused or not
     python bench/floor.py --configs maml,mamo-authors:first --gather off --factored off,on  # factored or not
     python bench/floor.py --configs maml,mamo,mamo-authors --batched off,on   # the batched-users path or not
+    python bench/floor.py --configs maml,mamo --gather on --fused on --factored on --batched on --groups 1,2
+                                               # the batched path's users in one group or split over two threads
 """
 
 from __future__ import annotations
@@ -228,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=3, help="meta-steps per configuration and round (median)")
     parser.add_argument("--users-per-batch", type=int, help="users per meta-step (default: each configuration's)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--groups", default="auto",
+                        help="the batched path's groups of users (MetaLearner.batched_threads), comma-separated: auto "
+                             "(the package's rule, fast_path_threads) or a count; each value is its own row "
+                             "(default auto)")
     parser.add_argument("--quick", action="store_true",
                         help="seconds: MAML, first order, gather off/on, 8 users per batch, 2 rounds of 1 step")
     parser.add_argument("--out", default=str(ROOT / "results" / "floor-cpu.json"), help="JSON output")
@@ -252,11 +258,19 @@ def main(argv: list[str] | None = None) -> int:
     facts = machine_facts("cpu")  # before this script loads the machine
     tasks = synthetic_tasks(256)
 
-    timed = [Timed(name, "vmap", order, "cpu", tasks, gather=gather, fused=fused, factored=factored, batched=bat,
-                   users_per_batch=args.users_per_batch)
-             for cname, name_orders in configs
-             for name, order, gather, fused, factored, bat
-             in setting_grid([cname], name_orders, gathers, fuseds, factoreds, batcheds)]
+    groups = [g.strip() for g in args.groups.split(",") if g.strip()]
+    if not groups or any(g != "auto" and not (g.isdigit() and int(g) >= 1) for g in groups):
+        parser.error(f"--groups takes auto or counts ≥ 1, comma-separated; got {args.groups!r}")
+    timed = []
+    for cname, name_orders in configs:
+        for name, order, gather, fused, factored, bat in setting_grid([cname], name_orders, gathers, fuseds,
+                                                                      factoreds, batcheds):
+            for g in (groups if bat else ["auto"]):
+                t = Timed(name, "vmap", order, "cpu", tasks, gather=gather, fused=fused, factored=factored,
+                          batched=bat, users_per_batch=args.users_per_batch)
+                if g != "auto":
+                    t.learner.batched_threads = int(g)
+                timed.append(t)
 
     # FLOP counts and the floor (per distinct matmul shape, at this CPU's batched rate); the floor depends on
     # the configuration only, the engine's count also on what it runs (fused write, factored updates, batched
@@ -291,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         method, overrides = resolve(t.method)
         rows.append({"config": t.method, "method": method, "overrides": overrides, "order": t.order,
                      "gather_rows": t.gather, "fused_memory_write": t.fused, "factored_updates": t.factored,
-                     "batched_users": t.batched,
+                     "batched_users": t.batched, "batched_threads": t.learner.batched_threads,
                      "users_per_batch": t.size, **fl,
                      "measured_ms_per_user": med, "measured_ms_per_user_min": min(ms_per_user),
                      "measured_ms_per_user_max": max(ms_per_user), "measured_ms_per_user_rounds": ms_per_user,
@@ -325,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_table(rows: list[dict]) -> None:
-    header = (f"{'configuration':<14}{'order':<7}{'gather':<7}{'fused':<6}{'factored':<9}{'batched':<8}"
+    header = (f"{'configuration':<14}{'order':<7}{'gather':<7}{'fused':<6}{'factored':<9}{'batched':<8}{'groups':<7}"
               f"{'MFLOP/user':>11}"
               f"{'engine MFLOP':>13}"
               f"{'floor ms':>10}{'measured ms':>13}{'(min-max)':>16}{'meas/floor':>11}")
@@ -335,7 +349,7 @@ def _print_table(rows: list[dict]) -> None:
         spread = f"{r['measured_ms_per_user_min']:.2f}-{r['measured_ms_per_user_max']:.2f}"
         print(f"{r['config']:<14}{r['order']:<7}{'on' if r['gather_rows'] else 'off':<7}"
               f"{'on' if r['fused_memory_write'] else 'off':<6}{'on' if r['factored_updates'] else 'off':<9}"
-              f"{'on' if r['batched_users'] else 'off':<8}"
+              f"{'on' if r['batched_users'] else 'off':<8}{r['batched_threads'] if r['batched_users'] else '-':<7}"
               f"{r['flop_per_user'] / 1e6:>11.2f}{r['engine_matmul_flop_per_user'] / 1e6:>13.2f}"
               f"{r['floor_ms_per_user']:>10.3f}{r['measured_ms_per_user']:>13.2f}{spread:>16}"
               f"{r['measured_over_floor']:>11.1f}")

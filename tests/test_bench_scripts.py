@@ -60,6 +60,21 @@ def test_floor_quick_writes_the_table_and_json_in_seconds(tmp_path):
     assert report["matmul_gflop_per_s"] and all(m["gflop_per_s"] > 0 for m in report["matmul_gflop_per_s"])
 
 
+def test_floor_times_the_batched_path_per_group_count(tmp_path):
+    """``--groups``: one row per count of user groups on the batched path (the thread rule's evidence), recorded
+    as ``batched_threads``; the reference path gets one row; a count below 1 is a usage error."""
+    out = tmp_path / "floor.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "floor.py"), "--quick", "--gather", "on", "--batched",
+                          "off,on", "--groups", "1,2", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(out.read_text(encoding="utf-8"))["results"]
+    assert [(r["batched_users"], r["batched_threads"]) for r in rows] == [(False, 1), (True, 1), (True, 2)]
+    bad = subprocess.run([sys.executable, str(ROOT / "bench" / "floor.py"), "--quick", "--groups", "0", "--out",
+                          str(tmp_path / "bad.json")], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert bad.returncode == 2 and "--groups takes auto or counts" in bad.stderr and not (tmp_path / "bad.json").exists()
+
+
 @pytest.mark.parametrize("first_order", [True, False], ids=["first", "second"])
 @pytest.mark.parametrize("method, extra", [
     ("maml", {}), ("melu", {}), ("metacs-dnn", {}), ("maml", {"local_update": "per-item", "inner_steps": 2}),
