@@ -209,9 +209,10 @@ class MetaLearner(nn.Module):
     def fast_path_threads(self) -> int:
         """The ``batched_threads`` that :meth:`use_fast_paths` sets: torch's thread count where a user's work is more
         than one first-order local step, else 1 (the batched path always runs torch on one intra-op thread, its
-        parallelism being over groups of users). Measured on 2 CPU cores, ML-1M's shapes, ms per user: MAMO's
-        authors' configuration, 9 steps, 3.7 in one group → 2.6 in two; second order, MAMO 0.63 → 0.60 and MAML
-        0.54 → 0.51; one first-order step, MAMO 0.38 → 0.46 and MAML 0.28 → 0.33 (split is slower)."""
+        parallelism being over groups of users). Measured on 2 CPU cores, ML-1M's shapes, every fast path on, ms
+        per user in one group → two (``bench/floor.py --groups 1,2``, ``bench/results/floor-groups-cpu.json``):
+        MAMO's authors' configuration, 9 steps, 3.51 → 2.32; second order, MAML 0.60 → 0.56 and MAMO 0.57 → 0.60
+        (a tie within the rounds' spread); one first-order step, MAML 0.36 → 0.44 and MAMO 0.31 → 0.48."""
         cfg = self.config
         heavy = cfg.inner_steps > 1 or cfg.local_update == "per-item" or not cfg.first_order
         return max(1, torch.get_num_threads()) if heavy else 1
