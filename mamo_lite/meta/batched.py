@@ -237,7 +237,8 @@ def _adapted_losses(learner, params: Params, fast: Params, task: dict, taps: Par
                     reads: list[str] | None) -> tuple[Tensor, Params, Params]:
     """Eq. 11 and the query loss for a batch of users (no ``vmap``): ``(losses [B], adapted tensors to read, inputs)``.
 
-    ``taps`` (``{parameter: zeros [B, *shape]}``) are added to the adapted weights before the query loss and
+    ``taps`` (``{parameter: zeros [B, *shape]}``, parameters outside the linear layers, so never a
+    :class:`~mamo_lite.meta.factored.Mixture`) are added to the adapted weights before the query loss and
     ``outputs`` (``{layer: zeros like its query output}``) to layer outputs, whose inputs land in ``inputs``
     (``MetaLearner.aux_taps``, see :func:`_tap_gradient`); ``reads`` names the adapted tensors ``user_aux`` reads
     (``None``: all; ``[]``: none).
@@ -248,8 +249,7 @@ def _adapted_losses(learner, params: Params, fast: Params, task: dict, taps: Par
                           first_order=cfg.first_order, local_update=cfg.local_update)
     shapes = dict(learner.model.named_parameters())
     if taps:  # a zero added to θ_0 is a zero added to θ̂ = θ_0 − ρ Δᵀ X
-        fast = {**fast, **{n: _per_user_copy(factored.dense_weight(fast[n]), users, shapes[n]) + z
-                           for n, z in taps.items()}}
+        fast = {**fast, **{n: _per_user_copy(fast[n], users, shapes[n]) + z for n, z in taps.items()}}
     inputs: Params = {}
     losses = _losses(learner.model, {**params, **fast}, factors, cfg.local_lr, task, "query", outputs, inputs)
     names = list(fast) if reads is None else reads
@@ -347,7 +347,8 @@ def meta_gradient(learner, batch: TaskBatch, *, with_aux: bool = False) -> tuple
     phi = {n: all_params[n].detach().requires_grad_() for n in names}
     params = {**{n: v for n, v in all_params.items() if n not in phi}, **phi}
     memories = {k: v.detach() for k, v in learner.memory_state().items()}
-    tapped = dict.fromkeys((learner.aux_taps() if with_aux else {}).values())
+    aux_taps = learner.aux_taps() if with_aux else {}
+    tapped = dict.fromkeys(aux_taps.values())
     reads = learner.aux_reads() if with_aux else []
     by_layer = _tapped_layers(learner.model, tapped)
     with torch.enable_grad(), one_intra_op_thread():
@@ -376,7 +377,7 @@ def meta_gradient(learner, batch: TaskBatch, *, with_aux: bool = False) -> tuple
     if learner.config.reduction != "sum":  # d(mean)/dL_u = 1/B
         grads = [g / len(batch) for g in grads]
     aux = {k: _joined([a[k] for a in auxes]).detach() for k in auxes[0]}
-    for key, name in (learner.aux_taps() if with_aux else {}).items():
+    for key, name in aux_taps.items():
         aux[key] = _joined([p[3][name] for p in parts]).detach()
     return dict(zip(phi, grads)), _joined([p[1] for p in parts]), aux
 

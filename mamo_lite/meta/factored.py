@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import grad
 
-from mamo_lite.models.recommender import EmbeddingRecommender, rating_loss
+from mamo_lite.models.recommender import EmbeddingRecommender, joint_input, rating_loss
 
 Params = dict[str, Tensor]
 Factors = dict[str, tuple[Tensor, Tensor]]
@@ -238,7 +238,7 @@ def forward(model: EmbeddingRecommender, weights: Params, factors: Factors, lr: 
             e_u, e_i = z
             d = e_u.shape[-1]
             h = apply_linear(e_i, _columns(w, d, None), b) + apply_linear(e_u, _columns(w, 0, d), None).unsqueeze(-2)
-            z = _joined(z) if name in factors or (taps is not None and name in taps) else None
+            z = _whole(z) if name in factors or (taps is not None and name in taps) else None
         else:
             h = apply_linear(z, w, b)
         if name in factors:
@@ -251,8 +251,8 @@ def forward(model: EmbeddingRecommender, weights: Params, factors: Factors, lr: 
 
     def sequence(prefix: str, modules: nn.Sequential, z: Tensor | tuple[Tensor, Tensor]) -> Tensor:
         for i, m in enumerate(modules):
-            z = linear(f"{prefix}.{i}", z) if isinstance(m, nn.Linear) else m(_joined(z))
-        return _joined(z)
+            z = linear(f"{prefix}.{i}", z) if isinstance(m, nn.Linear) else m(_whole(z))
+        return _whole(z)
 
     e_u = sequence("user_tower", model.user_tower, model.user_profile_vector(user_x, weights))
     e_i = sequence("item_tower", model.item_tower, model.item_profile_vector(item_x, weights))
@@ -263,12 +263,9 @@ def forward(model: EmbeddingRecommender, weights: Params, factors: Factors, lr: 
     return out.squeeze(-1) if model.config.head == "regression" else out
 
 
-def _joined(z: Tensor | tuple[Tensor, Tensor]) -> Tensor:
-    """``[e_u, e_i]`` per item (``e_u`` repeated over the items), or ``z`` itself if it is a tensor."""
-    if not isinstance(z, tuple):
-        return z
-    e_u, e_i = z
-    return torch.cat([e_u.unsqueeze(-2).expand(*e_i.shape[:-1], e_u.shape[-1]), e_i], -1)
+def _whole(z: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+    """``[e_u, e_i]`` per item (``joint_input``) for the pair ``(e_u, e_i)``, or ``z`` itself if it is a tensor."""
+    return joint_input(*z) if isinstance(z, tuple) else z
 
 
 def _columns(w: Tensor | Mixture, start: int, stop: int | None) -> Tensor | Mixture:
@@ -341,7 +338,7 @@ def materialise(dense: Params, factors: Factors, lr: float, names: list[str]) ->
         layer = n.removesuffix(".weight")
         if n.endswith(".weight") and layer in factors:
             x_all, d_all = factors[layer]
-            out[n] = dense_weight(dense[n]) - lr * (d_all.mT @ x_all)
+            out[n] = dense[n] - lr * (d_all.mT @ x_all)
         else:
-            out[n] = dense_weight(dense[n])
+            out[n] = dense[n]
     return out

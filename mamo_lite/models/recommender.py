@@ -213,8 +213,7 @@ class EmbeddingRecommender(nn.Module):
     # -- Eq. 2 ------------------------------------------------------------------------------
     def forward(self, user_x: Tensor, item_x: dict[str, Tensor]) -> Tensor:
         """Scores ``[..., N]`` (regression) or logits ``[..., N, n_classes]`` (classification)."""
-        e_u, e_i = self.embed(user_x, item_x)
-        x = torch.cat([e_u.unsqueeze(-2).expand(*e_i.shape[:-1], e_u.shape[-1]), e_i], -1)
+        x = joint_input(*self.embed(user_x, item_x))
         if self.preference is not None:
             x = self.preference(x)
         out = self.out(self.decision(x))
@@ -226,6 +225,12 @@ class EmbeddingRecommender(nn.Module):
         if self.config.head == "regression":
             return out
         return prediction_from_output(out, head="classification", rating_min=self.spec.rating_min)
+
+
+def joint_input(e_u: Tensor, e_i: Tensor) -> Tensor:
+    """Eq. 2's input ``[e_u, e_i]`` for each item: ``e_u`` (``[..., d_u]``) repeated over the items of ``e_i``
+    (``[..., N, d_i]``) and concatenated with them, ``[..., N, d_u + d_i]``."""
+    return torch.cat([e_u.unsqueeze(-2).expand(*e_i.shape[:-1], e_u.shape[-1]), e_i], -1)
 
 
 def lookup(idx: Tensor, w: Tensor) -> Tensor:
